@@ -1,0 +1,5 @@
+"""Allows ``python -m greygeo``."""
+
+from greygeo.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""The ``greygeo`` command: serve, check, migrate.
+
+Exit codes are part of the contract scripts rely on: ``check`` exits 0 when
+the recipient would be accepted, 1 when refused, and every command exits 2
+on a bad configuration or bad arguments, with a one-line message and no
+traceback.
+"""
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from greygeo import __version__
+from greygeo.config import Config, ConfigError, load_config
+from greygeo.daemon import StartupError, serve
+from greygeo.logs import setup_logging
+from greygeo.lookups.geoip import CountryLookup, GeoipError
+from greygeo.lookups.store import Store, StoreError
+from greygeo.rules.engine import Verdict, decide
+from greygeo.rules.facts import Facts, plain_address
+from greygeo.rules.limits import RateLimiter
+
+log = logging.getLogger(__name__)
+
+EXIT_ACCEPTED = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="greygeo",
+        description="Greylisting-plus-geo SMTP policy daemon (inline SMTP proxy).",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser("serve", help="run the SMTP proxy")
+    serve_cmd.add_argument("--config", required=True, help="the TOML file")
+    serve_cmd.add_argument("--log-level", default="info",
+                           choices=["debug", "info", "warning", "error"])
+
+    check = commands.add_parser(
+        "check", help="show the decision for one recipient, rule by rule"
+    )
+    check.add_argument("--config", required=True, help="the TOML file")
+    check.add_argument("--client", required=True, help="client IP address")
+    check.add_argument("--helo", default="", help="HELO/EHLO name")
+    check.add_argument("--sender", default="", help="envelope sender (empty: <>)")
+    check.add_argument("--recipient", default="", help="envelope recipient")
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the store")
+    migrate.add_argument("--config", required=True, help="the TOML file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if args.command == "serve":
+            setup_logging(args.log_level)
+            asyncio.run(serve(config))
+            return 0
+        if args.command == "check":
+            return check(config, args)
+        return asyncio.run(migrate(config))
+    except (ConfigError, StartupError, GeoipError, StoreError) as error:
+        print(f"greygeo: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 0
+
+
+def check(config: Config, args: argparse.Namespace) -> int:
+    """Print the decision for one recipient; change no state."""
+    try:
+        client = plain_address(args.client)
+    except ValueError:
+        print(f"greygeo: --client: not an IP address: {args.client!r}",
+              file=sys.stderr)
+        return EXIT_USAGE
+
+    countries = CountryLookup(config.geoip.database)
+    facts = Facts(
+        client=client,
+        country=countries.country(client),
+        helo=args.helo,
+        sender=args.sender,
+        recipient=args.recipient,
+        transaction="check",
+    )
+    decision = decide(
+        config.policy, facts, time.time(), RateLimiter(), commit=False
+    )
+    countries.close()
+
+    print(f"client     {facts.client} (country {facts.country})")
+    print(f"helo       {facts.helo or '(none)'}")
+    print(f"sender     <{facts.sender}>")
+    print(f"recipient  <{facts.recipient}>")
+    print(f"as of      {datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print("rules:")
+    width = max((len(step.rule) for step in decision.steps), default=0)
+    for step in decision.steps:
+        print(f"  {step.rule:<{width}}  {step.outcome}")
+    reply = f" reply={decision.reply}" if decision.reply else ""
+    print(f"decision: {decision.verdict} rule={decision.rule}{reply}")
+    return EXIT_ACCEPTED if decision.verdict is Verdict.ACCEPT else EXIT_REFUSED
+
+
+async def migrate(config: Config) -> int:
+    store = await Store.open(config.store.path)
+    version = await store.schema_version()
+    await store.close()
+    print(f"store {config.store.path} is at schema version {version}")
+    return 0

@@ -1,0 +1,178 @@
+"""``greygeo serve``: wiring the parts together and running the listeners.
+
+Start-up opens everything that can fail (GeoIP file, store, TLS files, the
+listening sockets, a first look at the backend) before the first client is
+served, and logs one summary line. SIGTERM and SIGINT stop the listeners
+and give sessions in progress a grace period to finish.
+"""
+
+import asyncio
+import logging
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from greygeo.config import Config
+from greygeo.frontends.backend import Backend, BackendError, SmtpBackend
+from greygeo.frontends.maildir import MaildirBackend
+from greygeo.frontends.smtp import ProxyHandler, ProxyServer
+from greygeo.lookups.geoip import CountryLookup, GeoipError
+from greygeo.lookups.store import Store, StoreError
+from greygeo.rules.limits import RateLimiter
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 30.0
+
+
+class StartupError(Exception):
+    """greygeo cannot start; the message says why."""
+
+
+@dataclass
+class Daemon:
+    """A running greygeo: its listeners and the parts they share."""
+
+    config: Config
+    handler: ProxyHandler
+    store: Store
+    countries: CountryLookup
+    servers: list[asyncio.Server] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where the listeners are bound (useful when a port was 0)."""
+        return [
+            sock.getsockname()[:2]
+            for server in self.servers
+            for sock in server.sockets
+        ]
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop listening, let sessions finish for ``grace`` seconds, close."""
+        for server in self.servers:
+            server.close()
+        deadline = time.monotonic() + grace
+        while self.handler.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for session in list(self.handler.sessions):
+            if session.transport is not None:
+                session.transport.close()
+        await self.store.close()
+        self.countries.close()
+        self.stopping.set()
+
+
+def make_backend(config: Config) -> Backend:
+    maildir = config.backend.maildir
+    if maildir is not None:
+        return MaildirBackend(maildir, config.proxy.hostname)
+    return SmtpBackend(config.backend, config.proxy.hostname)
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    if config.proxy.tls_cert is None or config.proxy.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.proxy.tls_cert, config.proxy.tls_key)
+    except (OSError, ssl.SSLError) as error:
+        raise StartupError(
+            f"cannot load TLS certificate {config.proxy.tls_cert} "
+            f"and key {config.proxy.tls_key}: {error}"
+        ) from error
+    return context
+
+
+async def start(
+    config: Config, *, clock: Callable[[], float] = time.time
+) -> Daemon:
+    """Open every part, bind every listener, and log the summary line."""
+    try:
+        countries = CountryLookup(config.geoip.database)
+        store = await Store.open(config.store.path)
+    except (GeoipError, StoreError) as error:
+        raise StartupError(str(error)) from error
+
+    backend = make_backend(config)
+    try:
+        await backend.probe()
+    except (BackendError, OSError) as error:
+        await store.close()
+        raise StartupError(f"backend {backend.description}: {error}") from error
+
+    handler = ProxyHandler(
+        policy=config.policy,
+        backend=backend,
+        countries=countries,
+        limiter=RateLimiter(),
+        clock=clock,
+        max_recipients=config.proxy.max_recipients,
+    )
+    daemon = Daemon(config, handler, store, countries)
+    context = tls_context(config)
+
+    def session() -> ProxyServer:
+        return ProxyServer(
+            handler,
+            hostname=config.proxy.hostname,
+            ident="ESMTP",
+            data_size_limit=config.proxy.max_message_size,
+            enable_SMTPUTF8=True,
+            tls_context=context,
+            timeout=config.proxy.timeout,
+        )
+
+    loop = asyncio.get_running_loop()
+    for endpoint in config.proxy.listen:
+        try:
+            server = await loop.create_server(
+                session, endpoint.host, endpoint.port, reuse_address=True
+            )
+        except OSError as error:
+            await daemon.stop(grace=0)
+            raise StartupError(f"cannot listen on {endpoint}: {error}") from error
+        daemon.servers.append(server)
+
+    _log_summary(daemon, backend, context is not None)
+    return daemon
+
+
+def _log_summary(daemon: Daemon, backend: Backend, tls: bool) -> None:
+    config = daemon.config
+    built = daemon.countries.built
+    if config.geoip.database is None:
+        log.warning("no [geoip] database: every client has country ZZ")
+    if config.backend.maildir is None and config.backend.client_identity == "none":
+        log.warning(
+            "client_identity is none: the backend sees every client as greygeo; "
+            "a backend that trusts greygeo's address (Postfix mynetworks) "
+            "becomes an open relay"
+        )
+    log.info(
+        "started",
+        extra={
+            "listen": ",".join(f"{h}:{p}" for h, p in daemon.addresses),
+            "backend": backend.description,
+            "rules": len(config.policy.rules),
+            "geoip": str(config.geoip.database or "none"),
+            "geoip_built": built.date().isoformat() if built else "none",
+            "store": str(config.store.path),
+            "starttls": "on" if tls else "off",
+        },
+    )
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT."""
+    daemon = await start(config)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    await stop_requested.wait()
+    log.info("stopping sessions=%d", len(daemon.handler.sessions))
+    await daemon.stop()

@@ -1,0 +1,388 @@
+"""The SMTP listener: aiosmtpd on port 25, the rules on every RCPT.
+
+This module owns the client side of the proxy: the ESMTP dialogue, the
+checks on what the client sends, the decision line of every recipient and
+the reply on the wire. It asks the engine for a verdict and the backend
+module to relay; it decides nothing itself.
+
+Protocol notes:
+
+- Each RCPT is judged on its own, and every transaction of a session is
+  judged again (RFC 5321 3.3).
+- A 421 reply closes the session once sent (RFC 5321 3.8); other 4xx and
+  5xx replies leave it open.
+- ENHANCEDSTATUSCODES (RFC 2034, codes from RFC 3463) is advertised, so
+  every reply after EHLO carries a status code, aiosmtpd's own too.
+- PIPELINING (RFC 2920): commands are read and answered strictly in order.
+- Bare CR or LF in DATA is turned into CRLF before relaying; the end of
+  data is only CRLF.CRLF, so "SMTP smuggling" sequences never reach the
+  backend as a second message.
+- AUTH is neither offered nor accepted: port 25 takes incoming mail, and a
+  session can never skip a rule by authenticating.
+"""
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+
+from greygeo.frontends.backend import Answer, Backend, BackendError, Relay
+from greygeo.frontends.client_identity import ClientInfo
+from greygeo.lookups.geoip import CountryLookup
+from greygeo.rules.engine import Decision, Policy, Verdict, decide
+from greygeo.rules.facts import UNKNOWN_COUNTRY, Address, Facts, plain_address
+from greygeo.rules.limits import RateLimiter
+
+log = logging.getLogger(__name__)
+
+# The enhanced status code for aiosmtpd's own replies that carry none.
+_DEFAULT_STATUS = {
+    214: "2.0.0", 221: "2.0.0", 235: "2.7.0", 250: "2.0.0", 252: "2.0.0",
+    421: "4.3.0", 450: "4.0.0", 451: "4.3.0", 452: "4.3.1", 454: "4.7.0",
+    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4",
+    530: "5.7.0", 552: "5.3.4", 553: "5.1.3", 554: "5.3.0", 555: "5.5.4",
+}
+_HAS_STATUS = re.compile(r"^\d\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b")
+_LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
+_HELO_NAME = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+INTERNAL_ERROR = "421 4.3.0 Internal error, closing connection; try again later"
+
+
+class Transaction(Envelope):
+    """aiosmtpd's envelope, plus the transaction id and the backend session."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.id = ""
+        self.relay: Relay | None = None
+
+    @property
+    def sender(self) -> str:
+        """The envelope sender; empty for the null sender ``<>``."""
+        return "" if self.mail_from in (None, "<>") else str(self.mail_from)
+
+
+class ProxyHandler:
+    """The aiosmtpd hooks, shared by every session of the daemon."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        backend: Backend,
+        countries: CountryLookup,
+        limiter: RateLimiter,
+        clock: Callable[[], float],
+        max_recipients: int,
+    ) -> None:
+        self.policy = policy
+        self.backend = backend
+        self.countries = countries
+        self.limiter = limiter
+        self.clock = clock
+        self.max_recipients = max_recipients
+        self.sessions: set[ProxyServer] = set()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def release(self, relay: Relay) -> None:
+        """Close a backend session in the background."""
+        task = asyncio.get_running_loop().create_task(relay.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def handle_EHLO(
+        self, server: "ProxyServer", session: Session, envelope: Transaction,
+        hostname: str, responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        keywords = [line[4:] for line in responses[1:]]
+        keywords = [k for k in keywords if not k.startswith("AUTH") and k != "HELP"]
+        keywords += ["PIPELINING", "ENHANCEDSTATUSCODES"]
+        lines = [server.hostname, *keywords]
+        return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+
+    async def handle_HELO(
+        self, server: "ProxyServer", session: Session, envelope: Transaction,
+        hostname: str,
+    ) -> str:
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(
+        self, server: "ProxyServer", session: Session, envelope: Transaction,
+        address: str, mail_options: list[str],
+    ) -> str:
+        problem = _address_problem(address, envelope.smtp_utf8)
+        if problem:
+            return problem
+        server.transactions += 1
+        envelope.id = f"{server.session_id}.{server.transactions}"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self, server: "ProxyServer", session: Session, envelope: Transaction,
+        address: str, rcpt_options: list[str],
+    ) -> str:
+        problem = _address_problem(address, envelope.smtp_utf8)
+        if problem:
+            return problem
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return "452 4.5.3 Error: too many recipients"
+
+        facts = Facts(
+            client=server.client,
+            country=server.country(self.countries),
+            helo=session.host_name or "",
+            sender=envelope.sender,
+            recipient=address,
+            transaction=envelope.id,
+        )
+        decision = decide(self.policy, facts, self.clock(), self.limiter)
+        if decision.verdict is not Verdict.ACCEPT:
+            assert decision.reply is not None
+            _log_decision(envelope, facts, decision, decision.reply.code)
+            return str(decision.reply)
+
+        answer = await self._relay_recipient(server, session, envelope, address,
+                                             rcpt_options)
+        if answer.ok:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        _log_decision(envelope, facts, decision, answer.code)
+        return answer.wire()
+
+    async def _relay_recipient(
+        self, server: "ProxyServer", session: Session, envelope: Transaction,
+        address: str, options: list[str],
+    ) -> Answer:
+        """Open the backend session if needed, then pass the RCPT on."""
+        try:
+            if envelope.relay is None:
+                relay, answer = await self.backend.open(
+                    server.client_info(session), envelope.sender,
+                    envelope.mail_options,
+                )
+                if relay is None:
+                    return answer
+                envelope.relay = relay
+            return await envelope.relay.recipient(address, options)
+        except BackendError as error:
+            log.warning("backend failed session=%s backend=%s error=%s",
+                        envelope.id, self.backend.description, error)
+            if envelope.relay is not None:
+                self.release(envelope.relay)
+                envelope.relay = None
+                envelope.rcpt_tos.clear()
+            return error.answer
+
+    async def handle_DATA(
+        self, server: "ProxyServer", session: Session, envelope: Transaction,
+    ) -> str:
+        if envelope.relay is None:
+            return "451 4.4.2 Mail system connection lost, try again later"
+        content = _LINE_ENDINGS.sub(b"\r\n", envelope.original_content or b"")
+        try:
+            answer = await envelope.relay.data(content)
+        except BackendError as error:
+            log.warning("backend failed session=%s backend=%s error=%s",
+                        envelope.id, self.backend.description, error)
+            answer = error.answer
+        log.info(
+            "message",
+            extra={
+                "session": envelope.id,
+                "client": str(server.client),
+                "sender": envelope.sender,
+                "recipients": len(envelope.rcpt_tos),
+                "size": len(content),
+                "reply": answer.code,
+                "backend_reply": answer.text.split("\n")[-1],
+            },
+        )
+        return answer.wire()
+
+    async def handle_RSET(
+        self, server: "ProxyServer", session: Session, envelope: Transaction
+    ) -> str:
+        return "250 2.0.0 Ok"
+
+    async def handle_NOOP(
+        self, server: "ProxyServer", session: Session, envelope: Transaction, arg: str
+    ) -> str:
+        return "250 2.0.0 Ok"
+
+    async def handle_QUIT(
+        self, server: "ProxyServer", session: Session, envelope: Transaction
+    ) -> str:
+        return "221 2.0.0 Bye"
+
+    async def handle_VRFY(
+        self, server: "ProxyServer", session: Session, envelope: Transaction,
+        address: str,
+    ) -> str:
+        return "502 5.5.1 VRFY command is disabled"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """The one catch-all: log the failure, close the session cleanly."""
+        log.error("session failed, closing it error=%r", error, exc_info=error)
+        return INTERNAL_ERROR
+
+
+def _address_problem(address: str, smtputf8: bool) -> str | None:
+    """A reply for an address greygeo cannot relay, else None."""
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return "553 5.1.3 Error: malformed address"
+    if not smtputf8 and not address.isascii():
+        return "553 5.6.7 Error: non-ASCII address needs SMTPUTF8"
+    return None
+
+
+def _log_decision(
+    envelope: Transaction, facts: Facts, decision: Decision, reply: int
+) -> None:
+    log.info(
+        "decision",
+        extra={
+            "session": envelope.id,
+            "client": str(facts.client),
+            "country": facts.country,
+            "helo": facts.helo,
+            "sender": facts.sender,
+            "recipient": facts.recipient,
+            "rule": decision.rule,
+            "action": decision.action,
+            "limit_key": decision.limit_key,
+            "verdict": decision.verdict,
+            "reason": decision.reason,
+            "reply": reply,
+        },
+    )
+
+
+class ProxyServer(SMTP):
+    """One client connection: aiosmtpd's protocol with greygeo's guard rails."""
+
+    def __init__(self, handler: ProxyHandler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.handler = handler
+        self.session_id = secrets.token_hex(5)
+        self.transactions = 0
+        self._greeted = False  # the greeting carries no status code
+        self._raw_replies = False  # nor do the replies to HELO and EHLO
+        self._country: str | None = None
+        self.client: Address = plain_address("0.0.0.0")
+
+    # -- per-connection facts --------------------------------------------
+
+    def country(self, countries: CountryLookup) -> str:
+        if self._country is None:
+            self._country = countries.country(self.client) or UNKNOWN_COUNTRY
+        return self._country
+
+    def client_info(self, session: Session) -> ClientInfo:
+        assert self.transport is not None
+        local = self.transport.get_extra_info("sockname")
+        return ClientInfo(
+            address=self.client,
+            port=int(session.peer[1]),
+            helo=session.host_name or "",
+            esmtp=bool(session.extended_smtp),
+            local_address=plain_address(local[0]),
+            local_port=int(local[1]),
+        )
+
+    # -- aiosmtpd life cycle ------------------------------------------------
+
+    def _create_envelope(self) -> Transaction:
+        return Transaction()
+
+    def _set_post_data_state(self) -> None:
+        """A new transaction starts: the old one's backend session ends."""
+        old = self.envelope
+        super()._set_post_data_state()
+        if isinstance(old, Transaction) and old.relay is not None:
+            self.handler.release(old.relay)
+            old.relay = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self not in self.handler.sessions:  # not again after STARTTLS
+            self.handler.sessions.add(self)
+            self.client = plain_address(transport.get_extra_info("peername")[0])
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.handler.sessions.discard(self)
+        envelope = self.envelope
+        if isinstance(envelope, Transaction) and envelope.relay is not None:
+            self.handler.release(envelope.relay)
+            envelope.relay = None
+        super().connection_lost(error)
+
+    def _timeout_cb(self) -> None:
+        """Tell an idle client why it is dropped (RFC 5321 4.5.3.2)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(
+                f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode()
+            )
+        super()._timeout_cb()
+
+    async def push(self, status: str | bytes) -> None:
+        text = status.decode() if isinstance(status, bytes) else status
+        if not self._greeted:
+            self._greeted = True
+        elif not self._raw_replies:
+            text = _with_status(text)
+        await super().push(text)
+        if text.startswith("421") and self.transport is not None:
+            # RFC 5321 3.8: close after a 421, and read nothing more.
+            self.transport.close()
+            if self._handler_coroutine is not None:
+                self._handler_coroutine.cancel()
+
+    # -- commands greygeo treats differently from aiosmtpd ------------------
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if hostname and not _HELO_NAME.match(hostname):
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self._raw_replies = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._raw_replies = False
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        if hostname and not _HELO_NAME.match(hostname):
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
+        self._raw_replies = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._raw_replies = False
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        await self.push("503 5.5.1 Error: authentication not enabled")
+
+
+def _with_status(reply: str) -> str:
+    """Add an enhanced status code to a reply that lacks one."""
+    if _HAS_STATUS.match(reply) or len(reply) < 3 or not reply[:3].isdigit():
+        return reply
+    code = int(reply[:3])
+    if code == 354 or code // 100 not in (2, 4, 5):
+        return reply
+    status = _DEFAULT_STATUS.get(code, f"{code // 100}.0.0")
+    rest = reply[4:]
+    return f"{code} {status} {rest}".rstrip()

@@ -1,0 +1,1 @@
+"""Lookups supply facts (the client's country, stored state); they decide nothing."""
