@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,7 +46,14 @@ def postfix_required() -> None:
 
 @pytest.fixture(scope="session")
 def postfix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postfix]:
+    """One Postfix for the session, with mailboxes bar@ and baz@example.com.
+
+    Its folder is outside pytest's private temporary tree, which the postfix
+    user could not enter.
+    """
     postfix_required()
-    instance = start_postfix(tmp_path_factory.mktemp("postfix"), ("bar", "baz"))
+    root = Path(tempfile.mkdtemp(prefix="greygeo-postfix-"))
+    instance = start_postfix(root, ("bar", "baz"))
     yield instance
     instance.stop()
+    shutil.rmtree(root, ignore_errors=True)

@@ -40,6 +40,12 @@ class Answer:
     def ok(self) -> bool:
         return 200 <= self.code < 300
 
+    @classmethod
+    def from_backend(cls, code: int, text: str) -> "Answer":
+        """The backend's reply; its 421 ends only the backend session, so
+        the client hears 451 and keeps its own session."""
+        return cls(451 if code == 421 else code, text)
+
     def wire(self) -> str:
         """The reply as sent to the client; several lines for a long text."""
         lines = [_printable(line) for line in self.text.split("\n")] or [""]
@@ -109,7 +115,7 @@ class SmtpBackend:
             if self.config.client_identity == "xclient":
                 self._require_xclient(smtp)
         finally:
-            smtp.close()
+            await _quit(smtp)
 
     async def open(
         self, client: ClientInfo, sender: str, options: list[str]
@@ -131,7 +137,7 @@ class SmtpBackend:
             smtp.close()
             raise BackendError(f"MAIL failed: {error}", BROKEN) from error
 
-        answer = Answer(response.code, response.message)
+        answer = Answer.from_backend(response.code, response.message)
         if not answer.ok:
             await _quit(smtp)
             return None, answer
@@ -214,16 +220,16 @@ class SmtpRelay:
             )
         except (aiosmtplib.SMTPException, OSError) as error:
             raise BackendError(f"RCPT failed: {error}", BROKEN) from error
-        return Answer(response.code, response.message)
+        return Answer.from_backend(response.code, response.message)
 
     async def data(self, content: bytes) -> Answer:
         try:
             response = await self.smtp.data(content)
         except aiosmtplib.SMTPResponseException as error:
-            return Answer(error.code, error.message)
+            return Answer.from_backend(error.code, error.message)
         except (aiosmtplib.SMTPException, OSError) as error:
             raise BackendError(f"DATA failed: {error}", BROKEN) from error
-        return Answer(response.code, response.message)
+        return Answer.from_backend(response.code, response.message)
 
     async def close(self) -> None:
         await _quit(self.smtp)
