@@ -148,7 +148,7 @@ class SmtpBackend:
         identity = self.config.client_identity
         try:
             sock = await self._socket()
-            if client is not None and identity in ("proxy-v1", "proxy-v2"):
+            if identity in ("proxy-v1", "proxy-v2"):
                 header = (proxy_v1_header if identity == "proxy-v1"
                           else proxy_v2_header)(client)
                 await asyncio.get_running_loop().sock_sendall(sock, header)

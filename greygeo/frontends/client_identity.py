@@ -57,8 +57,11 @@ def xclient_arguments(client: ClientInfo) -> list[bytes]:
     return [f"{key}={xtext(value)}".encode("ascii") for key, value in fields.items()]
 
 
-def proxy_v1_header(client: ClientInfo) -> bytes:
-    """``PROXY TCP4 src dst sport dport`` with CRLF."""
+def proxy_v1_header(client: ClientInfo | None) -> bytes:
+    """``PROXY TCP4 src dst sport dport`` with CRLF; ``PROXY UNKNOWN`` for a
+    connection greygeo makes on its own behalf (the start-up probe)."""
+    if client is None:
+        return b"PROXY UNKNOWN\r\n"
     family = "TCP4" if client.address.version == 4 else "TCP6"
     local = client.local_address
     if local.version != client.address.version:
@@ -69,8 +72,11 @@ def proxy_v1_header(client: ClientInfo) -> bytes:
     ).encode("ascii")
 
 
-def proxy_v2_header(client: ClientInfo) -> bytes:
-    """The binary PROXY v2 header: PROXY command over TCP (v4 or v6)."""
+def proxy_v2_header(client: ClientInfo | None) -> bytes:
+    """The binary PROXY v2 header: PROXY command over TCP (v4 or v6); the
+    LOCAL command for a connection greygeo makes on its own behalf."""
+    if client is None:
+        return PROXY_V2_SIGNATURE + struct.pack("!BBH", 0x20, 0x00, 0)
     local = client.local_address
     if local.version != client.address.version:
         local = client.address

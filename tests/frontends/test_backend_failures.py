@@ -1,0 +1,134 @@
+"""When the backend fails, the client hears 4xx and no mail is lost or faked.
+
+greygeo must never answer 250 for a message the backend has not accepted:
+every failure of the backend (unreachable, dropping, hanging, refusing)
+becomes a temporary error for the client, which will retry.
+"""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.backends import RecordingBackend, ScriptedBackend
+from tests.harness import JP_CLIENT, DaemonThread, FakeClock, write_config
+from tests.postfix import free_port
+
+MESSAGE = b"Subject: t\r\n\r\nbody\r\n"
+
+
+def proxy_to(tmp_path, geoip_db, address, backend_extra=""):
+    config = write_config(
+        tmp_path,
+        geoip=geoip_db,
+        backend=address,
+        backend_extra='client_identity = "none"\ntimeout = "1s"\n' + backend_extra,
+    )
+    return DaemonThread.from_file(config, FakeClock())
+
+
+def send(proxy, *, rcpt_reply: str = "250", data: bytes = MESSAGE):
+    """One transaction; returns the RCPT reply and, if reached, DATA's."""
+    raw = proxy.raw(JP_CLIENT)
+    raw.command("EHLO client.test")
+    raw.command("MAIL FROM:<a@sender.test>")
+    rcpt = raw.command("RCPT TO:<bar@example.com>")
+    if not rcpt.startswith(rcpt_reply):
+        return rcpt, None
+    assert raw.command("DATA").startswith("354")
+    raw.send(data + b".\r\n")
+    return rcpt, raw.reply()
+
+
+def test_unreachable_backend_gives_451_and_one_warning(tmp_path, geoip_db, caplog):
+    address = f"127.0.0.1:{free_port()}"
+    with proxy_to(tmp_path, geoip_db, address) as proxy:
+        caplog.clear()
+        caplog.set_level("INFO", logger="greygeo")
+        rcpt, _ = send(proxy)
+    assert rcpt == "451 4.4.1 Mail system not reachable, try again later"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "backend failed" in warnings[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_backend_dropping_mid_data_gives_451(tmp_path, geoip_db):
+    with ScriptedBackend({"DATA": "354 go ahead", ".": "drop"}) as backend:
+        with proxy_to(tmp_path, geoip_db, backend.address) as proxy:
+            rcpt, data = send(proxy)
+    assert rcpt.startswith("250")
+    assert data == "451 4.4.2 Mail system connection lost, try again later"
+
+
+def test_backend_that_never_answers_end_of_data_gives_451(tmp_path, geoip_db):
+    with ScriptedBackend({".": "hang"}) as backend:
+        with proxy_to(tmp_path, geoip_db, backend.address) as proxy:
+            _, data = send(proxy)
+    assert data == "451 4.4.2 Mail system connection lost, try again later"
+
+
+def test_backend_refusal_at_end_of_data_is_passed_on(tmp_path, geoip_db):
+    with ScriptedBackend({".": "554 5.7.1 Spam detected"}) as backend:
+        with proxy_to(tmp_path, geoip_db, backend.address) as proxy:
+            _, data = send(proxy)
+    assert data == "554 5.7.1 Spam detected"
+
+
+def test_backend_421_on_rcpt_becomes_451_and_the_client_stays(tmp_path, geoip_db):
+    with ScriptedBackend({"RCPT": "421 4.3.2 Shutting down"}) as backend:
+        with proxy_to(tmp_path, geoip_db, backend.address) as proxy:
+            raw = proxy.raw(JP_CLIENT)
+            raw.command("EHLO client.test")
+            raw.command("MAIL FROM:<a@sender.test>")
+            assert raw.command("RCPT TO:<bar@example.com>") == (
+                "451 4.3.2 Shutting down"
+            )
+            assert raw.command("NOOP") == "250 2.0.0 Ok"
+
+
+def test_backend_refusing_the_sender_answers_the_rcpt(tmp_path, geoip_db):
+    with ScriptedBackend({"MAIL": "553 5.7.1 Sender refused"}) as backend:
+        with proxy_to(tmp_path, geoip_db, backend.address) as proxy:
+            rcpt, _ = send(proxy)
+    assert rcpt == "553 5.7.1 Sender refused"
+
+
+def test_client_dropping_mid_data_delivers_nothing(tmp_path, geoip_db):
+    with RecordingBackend() as backend:
+        with proxy_to(tmp_path, geoip_db, backend.address) as proxy:
+            raw = proxy.raw(JP_CLIENT)
+            raw.command("EHLO client.test")
+            raw.command("MAIL FROM:<a@sender.test>")
+            raw.command("RCPT TO:<bar@example.com>")
+            raw.command("DATA")
+            raw.send(b"Subject: half\r\n\r\nonly half of the")
+            raw.sock.shutdown(socket.SHUT_RDWR)
+            raw.close()
+            # A complete transaction afterwards proves greygeo went on serving
+            # and lets the test wait for the dropped one to be finished.
+            _, data = send(proxy)
+    assert data.startswith("250")
+    assert len(backend.record.messages) == 1
+    assert b"only half" not in backend.record.messages[0]
+
+
+@pytest.mark.parametrize("version", ["proxy-v1", "proxy-v2"])
+def test_proxy_header_tells_the_backend_the_real_client(tmp_path, geoip_db, version):
+    """aiosmtpd's own PROXY parser, as backend, reads the client greygeo sent;
+    the start-up probe sends PROXY UNKNOWN (v1) or LOCAL (v2)."""
+    with RecordingBackend(proxy=True) as backend:
+        config = write_config(
+            tmp_path,
+            geoip=geoip_db,
+            backend=backend.address,
+            backend_extra=f'client_identity = "{version}"',
+        )
+        with DaemonThread.from_file(config, FakeClock()) as proxy:
+            _, data = send(proxy)
+    assert data.startswith("250")
+    probe, proxy_data = backend.record.proxy
+    assert probe.src_addr is None  # the start-up probe speaks for itself
+    assert str(proxy_data.src_addr) == JP_CLIENT
+    assert proxy_data.version == (1 if version == "proxy-v1" else 2)
+    assert str(proxy_data.dst_addr) == "127.0.0.1"
