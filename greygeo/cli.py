@@ -41,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve_cmd = commands.add_parser("serve", help="run the SMTP proxy")
     serve_cmd.add_argument("--config", required=True, help="the TOML file")
-    serve_cmd.add_argument("--log-level", default="info",
-                           choices=["debug", "info", "warning", "error"])
+    serve_cmd.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
 
     check = commands.add_parser(
         "check", help="show the decision for one recipient, rule by rule"
@@ -81,8 +82,7 @@ def check(config: Config, args: argparse.Namespace) -> int:
     try:
         client = plain_address(args.client)
     except ValueError:
-        print(f"greygeo: --client: not an IP address: {args.client!r}",
-              file=sys.stderr)
+        print(f"greygeo: --client: not an IP address: {args.client!r}", file=sys.stderr)
         return EXIT_USAGE
 
     countries = CountryLookup(config.geoip.database)
@@ -94,9 +94,7 @@ def check(config: Config, args: argparse.Namespace) -> int:
         recipient=args.recipient,
         transaction="check",
     )
-    decision = decide(
-        config.policy, facts, time.time(), RateLimiter(), commit=False
-    )
+    decision = decide(config.policy, facts, time.time(), RateLimiter(), commit=False)
     countries.close()
 
     print(f"client     {facts.client} (country {facts.country})")

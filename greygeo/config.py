@@ -8,9 +8,9 @@ broken file never starts a daemon that fails later.
 
 import socket
 import tomllib
-from ipaddress import ip_address
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -211,7 +211,9 @@ def _proxy(table: _Table) -> ProxyConfig:
     proxy = ProxyConfig(
         listen=listen,
         hostname=table.take("hostname", base.hostname, _string),
-        max_message_size=table.take("max_message_size", base.max_message_size, parse_size),
+        max_message_size=table.take(
+            "max_message_size", base.max_message_size, parse_size
+        ),
         max_recipients=table.take("max_recipients", base.max_recipients, _positive_int),
         timeout=table.take("timeout", base.timeout, parse_duration),
         tls_cert=table.take("tls_cert", None, lambda v: Path(_string(v))),
@@ -241,7 +243,9 @@ def _backend(table: _Table) -> BackendConfig:
             "client_identity", base.client_identity, _one_of(*CLIENT_IDENTITIES)
         ),
         source_address=table.take("source_address", "", _ip_text),
-        connect_timeout=table.take("connect_timeout", base.connect_timeout, parse_duration),
+        connect_timeout=table.take(
+            "connect_timeout", base.connect_timeout, parse_duration
+        ),
         timeout=table.take("timeout", base.timeout, parse_duration),
     )
     table.finish()
@@ -249,13 +253,17 @@ def _backend(table: _Table) -> BackendConfig:
 
 
 def _geoip(table: _Table) -> GeoipConfig:
-    geoip = GeoipConfig(database=table.take("database", None, lambda v: Path(_string(v))))
+    geoip = GeoipConfig(
+        database=table.take("database", None, lambda v: Path(_string(v)))
+    )
     table.finish()
     return geoip
 
 
 def _store(table: _Table) -> StoreConfig:
-    store = StoreConfig(path=table.take("path", StoreConfig.path, lambda v: Path(_string(v))))
+    store = StoreConfig(
+        path=table.take("path", StoreConfig.path, lambda v: Path(_string(v)))
+    )
     table.finish()
     return store
 
@@ -308,10 +316,7 @@ def _rule(table: _Table) -> Rule:
     table.where = f"rules.{name}"
     action = Action(table.take("action", "", _one_of(*Action)))
 
-    found = [
-        table.take(key, None, convert)
-        for key, convert in _CONDITIONS.items()
-    ]
+    found = [table.take(key, None, convert) for key, convert in _CONDITIONS.items()]
     rule_conditions = tuple(c for c in found if c is not None)
 
     reply_parser = _reject_reply if action is Action.REJECT else _tempfail_reply

@@ -46,9 +46,7 @@ class Daemon:
     def addresses(self) -> list[tuple[str, int]]:
         """Where the listeners are bound (useful when a port was 0)."""
         return [
-            sock.getsockname()[:2]
-            for server in self.servers
-            for sock in server.sockets
+            sock.getsockname()[:2] for server in self.servers for sock in server.sockets
         ]
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
@@ -87,9 +85,7 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-async def start(
-    config: Config, *, clock: Callable[[], float] = time.time
-) -> Daemon:
+async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Daemon:
     """Open every part, bind every listener, and log the summary line."""
     try:
         countries = CountryLookup(config.geoip.database)

@@ -16,7 +16,6 @@ from typing import Any
 
 from greygeo.config import Config, load_config
 from greygeo.daemon import Daemon, start
-
 from tests.postfix import free_port
 
 # Test client addresses and the countries the test .mmdb gives them.
@@ -105,7 +104,7 @@ address = "{backend}"
 {geoip_line}
 
 [store]
-path = "{folder / 'greygeo.sqlite3'}"
+path = "{folder / "greygeo.sqlite3"}"
 
 {extra}
 {rules}
@@ -126,7 +125,9 @@ class DaemonThread:
         self.daemon: Daemon | None = None
 
     @classmethod
-    def from_file(cls, path: Path, clock: Callable[[], float] = time.time) -> "DaemonThread":
+    def from_file(
+        cls, path: Path, clock: Callable[[], float] = time.time
+    ) -> "DaemonThread":
         return cls(load_config(path), clock)
 
     def run(self, coroutine: Any, timeout: float = 30) -> Any:

@@ -96,7 +96,9 @@ class Postfix:
             return []
         return [path.read_bytes() for path in sorted(new.iterdir())]
 
-    def wait_for_delivery(self, user: str, count: int, timeout: float = 10.0) -> list[bytes]:
+    def wait_for_delivery(
+        self, user: str, count: int, timeout: float = 10.0
+    ) -> list[bytes]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             messages = self.delivered(user)
@@ -120,7 +122,8 @@ class Postfix:
     def stop(self) -> None:
         subprocess.run(
             ["postfix", "-c", str(self.root / "etc"), "stop"],
-            capture_output=True, check=False,
+            capture_output=True,
+            check=False,
         )
 
 
@@ -134,7 +137,9 @@ def start_postfix(root: Path, mailboxes: tuple[str, ...]) -> Postfix:
     postdrop = grp.getgrnam("postdrop").gr_gid
     nobody = pwd.getpwnam("nobody")
 
-    etc, queue, data, log, mail = (root / n for n in ("etc", "queue", "data", "log", "mail"))
+    etc, queue, data, log, mail = (
+        root / n for n in ("etc", "queue", "data", "log", "mail")
+    )
     for folder in (etc, queue, log, mail):
         folder.mkdir(mode=0o755)
     data.mkdir(mode=0o700)
@@ -203,7 +208,8 @@ biff = no
 def _listener(port: int) -> str:
     """The service of contrib/postfix/master.cf, on a test port, unchrooted."""
     lines = [
-        line for line in (CONTRIB / "master.cf").read_text().splitlines()
+        line
+        for line in (CONTRIB / "master.cf").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     head = lines[0].split()

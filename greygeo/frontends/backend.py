@@ -108,8 +108,11 @@ class SmtpBackend:
         try:
             smtp = await self._connect(None)
         except BackendError as error:
-            log.warning("backend not reachable at start backend=%s error=%s",
-                        self.endpoint, error)
+            log.warning(
+                "backend not reachable at start backend=%s error=%s",
+                self.endpoint,
+                error,
+            )
             return
         try:
             if self.config.client_identity == "xclient":
@@ -149,8 +152,9 @@ class SmtpBackend:
         try:
             sock = await self._socket()
             if identity in ("proxy-v1", "proxy-v2"):
-                header = (proxy_v1_header if identity == "proxy-v1"
-                          else proxy_v2_header)(client)
+                header = (
+                    proxy_v1_header if identity == "proxy-v1" else proxy_v2_header
+                )(client)
                 await asyncio.get_running_loop().sock_sendall(sock, header)
             smtp = aiosmtplib.SMTP(
                 sock=sock,

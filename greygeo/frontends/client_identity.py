@@ -67,8 +67,7 @@ def proxy_v1_header(client: ClientInfo | None) -> bytes:
     if local.version != client.address.version:
         local = client.address  # mixed families cannot be expressed
     return (
-        f"PROXY {family} {client.address} {local} "
-        f"{client.port} {client.local_port}\r\n"
+        f"PROXY {family} {client.address} {local} {client.port} {client.local_port}\r\n"
     ).encode("ascii")
 
 

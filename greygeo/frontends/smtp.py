@@ -41,10 +41,26 @@ log = logging.getLogger(__name__)
 
 # The enhanced status code for aiosmtpd's own replies that carry none.
 _DEFAULT_STATUS = {
-    214: "2.0.0", 221: "2.0.0", 235: "2.7.0", 250: "2.0.0", 252: "2.0.0",
-    421: "4.3.0", 450: "4.0.0", 451: "4.3.0", 452: "4.3.1", 454: "4.7.0",
-    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4",
-    530: "5.7.0", 552: "5.3.4", 553: "5.1.3", 554: "5.3.0", 555: "5.5.4",
+    214: "2.0.0",
+    221: "2.0.0",
+    235: "2.7.0",
+    250: "2.0.0",
+    252: "2.0.0",
+    421: "4.3.0",
+    450: "4.0.0",
+    451: "4.3.0",
+    452: "4.3.1",
+    454: "4.7.0",
+    500: "5.5.2",
+    501: "5.5.4",
+    502: "5.5.1",
+    503: "5.5.1",
+    504: "5.5.4",
+    530: "5.7.0",
+    552: "5.3.4",
+    553: "5.1.3",
+    554: "5.3.0",
+    555: "5.5.4",
 }
 _HAS_STATUS = re.compile(r"^\d\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b")
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
@@ -96,8 +112,12 @@ class ProxyHandler:
         task.add_done_callback(self._closing.discard)
 
     async def handle_EHLO(
-        self, server: "ProxyServer", session: Session, envelope: Transaction,
-        hostname: str, responses: list[str],
+        self,
+        server: "ProxyServer",
+        session: Session,
+        envelope: Transaction,
+        hostname: str,
+        responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
         keywords = [line[4:] for line in responses[1:]]
@@ -107,15 +127,22 @@ class ProxyHandler:
         return [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
 
     async def handle_HELO(
-        self, server: "ProxyServer", session: Session, envelope: Transaction,
+        self,
+        server: "ProxyServer",
+        session: Session,
+        envelope: Transaction,
         hostname: str,
     ) -> str:
         session.host_name = hostname
         return f"250 {server.hostname}"
 
     async def handle_MAIL(
-        self, server: "ProxyServer", session: Session, envelope: Transaction,
-        address: str, mail_options: list[str],
+        self,
+        server: "ProxyServer",
+        session: Session,
+        envelope: Transaction,
+        address: str,
+        mail_options: list[str],
     ) -> str:
         problem = _address_problem(address, envelope.smtp_utf8)
         if problem:
@@ -127,8 +154,12 @@ class ProxyHandler:
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(
-        self, server: "ProxyServer", session: Session, envelope: Transaction,
-        address: str, rcpt_options: list[str],
+        self,
+        server: "ProxyServer",
+        session: Session,
+        envelope: Transaction,
+        address: str,
+        rcpt_options: list[str],
     ) -> str:
         problem = _address_problem(address, envelope.smtp_utf8)
         if problem:
@@ -150,8 +181,9 @@ class ProxyHandler:
             _log_decision(envelope, facts, decision, decision.reply.code)
             return str(decision.reply)
 
-        answer = await self._relay_recipient(server, session, envelope, address,
-                                             rcpt_options)
+        answer = await self._relay_recipient(
+            server, session, envelope, address, rcpt_options
+        )
         if answer.ok:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
@@ -159,14 +191,19 @@ class ProxyHandler:
         return answer.wire()
 
     async def _relay_recipient(
-        self, server: "ProxyServer", session: Session, envelope: Transaction,
-        address: str, options: list[str],
+        self,
+        server: "ProxyServer",
+        session: Session,
+        envelope: Transaction,
+        address: str,
+        options: list[str],
     ) -> Answer:
         """Open the backend session if needed, then pass the RCPT on."""
         try:
             if envelope.relay is None:
                 relay, answer = await self.backend.open(
-                    server.client_info(session), envelope.sender,
+                    server.client_info(session),
+                    envelope.sender,
                     envelope.mail_options,
                 )
                 if relay is None:
@@ -174,8 +211,12 @@ class ProxyHandler:
                 envelope.relay = relay
             return await envelope.relay.recipient(address, options)
         except BackendError as error:
-            log.warning("backend failed session=%s backend=%s error=%s",
-                        envelope.id, self.backend.description, error)
+            log.warning(
+                "backend failed session=%s backend=%s error=%s",
+                envelope.id,
+                self.backend.description,
+                error,
+            )
             if envelope.relay is not None:
                 self.release(envelope.relay)
                 envelope.relay = None
@@ -183,7 +224,10 @@ class ProxyHandler:
             return error.answer
 
     async def handle_DATA(
-        self, server: "ProxyServer", session: Session, envelope: Transaction,
+        self,
+        server: "ProxyServer",
+        session: Session,
+        envelope: Transaction,
     ) -> str:
         if envelope.relay is None:
             return "451 4.4.2 Mail system connection lost, try again later"
@@ -191,8 +235,12 @@ class ProxyHandler:
         try:
             answer = await envelope.relay.data(content)
         except BackendError as error:
-            log.warning("backend failed session=%s backend=%s error=%s",
-                        envelope.id, self.backend.description, error)
+            log.warning(
+                "backend failed session=%s backend=%s error=%s",
+                envelope.id,
+                self.backend.description,
+                error,
+            )
             answer = error.answer
         log.info(
             "message",
@@ -224,7 +272,10 @@ class ProxyHandler:
         return "221 2.0.0 Bye"
 
     async def handle_VRFY(
-        self, server: "ProxyServer", session: Session, envelope: Transaction,
+        self,
+        server: "ProxyServer",
+        session: Session,
+        envelope: Transaction,
         address: str,
     ) -> str:
         return "502 5.5.1 VRFY command is disabled"
@@ -280,6 +331,7 @@ class ProxyServer(SMTP):
         self._raw_replies = False  # nor do the replies to HELO and EHLO
         self._country: str | None = None
         self.client: Address = plain_address("0.0.0.0")
+        self.client_port = 0
 
     # -- per-connection facts --------------------------------------------
 
@@ -293,7 +345,7 @@ class ProxyServer(SMTP):
         local = self.transport.get_extra_info("sockname")
         return ClientInfo(
             address=self.client,
-            port=int(session.peer[1]),
+            port=self.client_port,
             helo=session.host_name or "",
             esmtp=bool(session.extended_smtp),
             local_address=plain_address(local[0]),
@@ -308,7 +360,7 @@ class ProxyServer(SMTP):
     def _set_post_data_state(self) -> None:
         """A new transaction starts: the old one's backend session ends."""
         old = self.envelope
-        super()._set_post_data_state()
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]
         if isinstance(old, Transaction) and old.relay is not None:
             self.handler.release(old.relay)
             old.relay = None
@@ -316,7 +368,8 @@ class ProxyServer(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self not in self.handler.sessions:  # not again after STARTTLS
             self.handler.sessions.add(self)
-            self.client = plain_address(transport.get_extra_info("peername")[0])
+            peer = transport.get_extra_info("peername")
+            self.client, self.client_port = plain_address(peer[0]), int(peer[1])
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -329,11 +382,12 @@ class ProxyServer(SMTP):
 
     def _timeout_cb(self) -> None:
         """Tell an idle client why it is dropped (RFC 5321 4.5.3.2)."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(
                 f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode()
             )
-        super()._timeout_cb()
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def push(self, status: str | bytes) -> None:
         text = status.decode() if isinstance(status, bytes) else status

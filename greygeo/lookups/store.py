@@ -108,7 +108,9 @@ class Store:
             applied.append(migration)
             log.info(
                 "store migrated path=%s version=%d name=%s",
-                self.path, migration.version, migration.name,
+                self.path,
+                migration.version,
+                migration.name,
             )
         return applied
 

@@ -81,7 +81,13 @@ def decide(
 
     steps.append(Step(DEFAULT_RULE, "no rule decided: accept"))
     return Decision(
-        Verdict.ACCEPT, DEFAULT_RULE, "accept", "no rule decided", None, "", tuple(steps)
+        Verdict.ACCEPT,
+        DEFAULT_RULE,
+        "accept",
+        "no rule decided",
+        None,
+        "",
+        tuple(steps),
     )
 
 
@@ -133,8 +139,11 @@ def _apply(
         return None
 
     steps.append(
-        Step(rule.name, f"over {rule.limit.rate} for {where}, "
-             f"next allowed in {result.retry_after:.0f}s")
+        Step(
+            rule.name,
+            f"over {rule.limit.rate} for {where}, "
+            f"next allowed in {result.retry_after:.0f}s",
+        )
     )
     reply = rule.reply or policy.tempfail
     verdict = Verdict.DEFER if reply.code < 500 else Verdict.REJECT

@@ -6,7 +6,6 @@ becomes a temporary error for the client, which will retry.
 """
 
 import socket
-from pathlib import Path
 
 import pytest
 
@@ -54,60 +53,70 @@ def test_unreachable_backend_gives_451_and_one_warning(tmp_path, geoip_db, caplo
 
 
 def test_backend_dropping_mid_data_gives_451(tmp_path, geoip_db):
-    with ScriptedBackend({"DATA": "354 go ahead", ".": "drop"}) as backend:
-        with proxy_to(tmp_path, geoip_db, backend.address) as proxy:
-            rcpt, data = send(proxy)
+    with (
+        ScriptedBackend({"DATA": "354 go ahead", ".": "drop"}) as backend,
+        proxy_to(tmp_path, geoip_db, backend.address) as proxy,
+    ):
+        rcpt, data = send(proxy)
     assert rcpt.startswith("250")
     assert data == "451 4.4.2 Mail system connection lost, try again later"
 
 
 def test_backend_that_never_answers_end_of_data_gives_451(tmp_path, geoip_db):
-    with ScriptedBackend({".": "hang"}) as backend:
-        with proxy_to(tmp_path, geoip_db, backend.address) as proxy:
-            _, data = send(proxy)
+    with (
+        ScriptedBackend({".": "hang"}) as backend,
+        proxy_to(tmp_path, geoip_db, backend.address) as proxy,
+    ):
+        _, data = send(proxy)
     assert data == "451 4.4.2 Mail system connection lost, try again later"
 
 
 def test_backend_refusal_at_end_of_data_is_passed_on(tmp_path, geoip_db):
-    with ScriptedBackend({".": "554 5.7.1 Spam detected"}) as backend:
-        with proxy_to(tmp_path, geoip_db, backend.address) as proxy:
-            _, data = send(proxy)
+    with (
+        ScriptedBackend({".": "554 5.7.1 Spam detected"}) as backend,
+        proxy_to(tmp_path, geoip_db, backend.address) as proxy,
+    ):
+        _, data = send(proxy)
     assert data == "554 5.7.1 Spam detected"
 
 
 def test_backend_421_on_rcpt_becomes_451_and_the_client_stays(tmp_path, geoip_db):
-    with ScriptedBackend({"RCPT": "421 4.3.2 Shutting down"}) as backend:
-        with proxy_to(tmp_path, geoip_db, backend.address) as proxy:
-            raw = proxy.raw(JP_CLIENT)
-            raw.command("EHLO client.test")
-            raw.command("MAIL FROM:<a@sender.test>")
-            assert raw.command("RCPT TO:<bar@example.com>") == (
-                "451 4.3.2 Shutting down"
-            )
-            assert raw.command("NOOP") == "250 2.0.0 Ok"
+    with (
+        ScriptedBackend({"RCPT": "421 4.3.2 Shutting down"}) as backend,
+        proxy_to(tmp_path, geoip_db, backend.address) as proxy,
+    ):
+        raw = proxy.raw(JP_CLIENT)
+        raw.command("EHLO client.test")
+        raw.command("MAIL FROM:<a@sender.test>")
+        assert raw.command("RCPT TO:<bar@example.com>") == ("451 4.3.2 Shutting down")
+        assert raw.command("NOOP") == "250 2.0.0 Ok"
 
 
 def test_backend_refusing_the_sender_answers_the_rcpt(tmp_path, geoip_db):
-    with ScriptedBackend({"MAIL": "553 5.7.1 Sender refused"}) as backend:
-        with proxy_to(tmp_path, geoip_db, backend.address) as proxy:
-            rcpt, _ = send(proxy)
+    with (
+        ScriptedBackend({"MAIL": "553 5.7.1 Sender refused"}) as backend,
+        proxy_to(tmp_path, geoip_db, backend.address) as proxy,
+    ):
+        rcpt, _ = send(proxy)
     assert rcpt == "553 5.7.1 Sender refused"
 
 
 def test_client_dropping_mid_data_delivers_nothing(tmp_path, geoip_db):
-    with RecordingBackend() as backend:
-        with proxy_to(tmp_path, geoip_db, backend.address) as proxy:
-            raw = proxy.raw(JP_CLIENT)
-            raw.command("EHLO client.test")
-            raw.command("MAIL FROM:<a@sender.test>")
-            raw.command("RCPT TO:<bar@example.com>")
-            raw.command("DATA")
-            raw.send(b"Subject: half\r\n\r\nonly half of the")
-            raw.sock.shutdown(socket.SHUT_RDWR)
-            raw.close()
-            # A complete transaction afterwards proves greygeo went on serving
-            # and lets the test wait for the dropped one to be finished.
-            _, data = send(proxy)
+    with (
+        RecordingBackend() as backend,
+        proxy_to(tmp_path, geoip_db, backend.address) as proxy,
+    ):
+        raw = proxy.raw(JP_CLIENT)
+        raw.command("EHLO client.test")
+        raw.command("MAIL FROM:<a@sender.test>")
+        raw.command("RCPT TO:<bar@example.com>")
+        raw.command("DATA")
+        raw.send(b"Subject: half\r\n\r\nonly half of the")
+        raw.sock.shutdown(socket.SHUT_RDWR)
+        raw.close()
+        # A complete transaction afterwards proves greygeo went on serving
+        # and lets the test wait for the dropped one to be finished.
+        _, data = send(proxy)
     assert data.startswith("250")
     assert len(backend.record.messages) == 1
     assert b"only half" not in backend.record.messages[0]

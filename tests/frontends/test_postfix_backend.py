@@ -6,7 +6,6 @@ address 127.0.0.2, which is not in mynetworks. Postfix's own log proves
 what it saw.
 """
 
-import smtplib
 from pathlib import Path
 
 import pytest
@@ -104,7 +103,9 @@ def test_unknown_user_gets_postfix_550_and_others_still_deliver(proxy, postfix):
     postfix.wait_for_delivery("bar", before + 1)
 
 
-def test_backend_without_xclient_for_greygeo_stops_start_up(tmp_path, geoip_db, postfix):
+def test_backend_without_xclient_for_greygeo_stops_start_up(
+    tmp_path, geoip_db, postfix
+):
     """greygeo connecting from an address Postfix does not authorize for
     XCLIENT refuses to start, and says how to fix it."""
     config = load_config(postfix_config(tmp_path, geoip_db, postfix, "127.0.0.3"))
@@ -124,7 +125,9 @@ def test_mail_parameters_reach_postfix(proxy, postfix):
     client = proxy.smtp(JP_CLIENT)
     body = "Subject: ü\r\n\r\nGrüße\r\n".encode()
     client.sendmail(
-        "jürgen@sender.test", ["bar@example.com"], body,
+        "jürgen@sender.test",
+        ["bar@example.com"],
+        body,
         mail_options=["SMTPUTF8", "BODY=8BITMIME"],
     )
     client.quit()

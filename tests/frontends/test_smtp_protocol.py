@@ -6,7 +6,6 @@ what was delivered can be read back.
 """
 
 import mailbox
-import socket
 import ssl
 from pathlib import Path
 
@@ -103,9 +102,7 @@ def test_bare_carriage_return_becomes_a_line_break(proxy, maildir):
 def test_over_long_command_line_gets_500(proxy):
     raw = proxy.raw(JP_CLIENT)
     raw.command("EHLO client.test")
-    assert raw.command("MAIL FROM:<" + "a" * 2000 + "@x.test>").startswith(
-        "500 5.5.2"
-    )
+    assert raw.command("MAIL FROM:<" + "a" * 2000 + "@x.test>").startswith("500 5.5.2")
     assert raw.command("NOOP") == "250 2.0.0 Ok"
 
 
