@@ -50,15 +50,18 @@ class Daemon:
         ]
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
-        """Stop listening, let sessions finish for ``grace`` seconds, close."""
+        """Stop listening; close idle sessions at once with 421; give those
+        in a transaction ``grace`` seconds to finish; then close the rest."""
         for server in self.servers:
             server.close()
         deadline = time.monotonic() + grace
         while self.handler.sessions and time.monotonic() < deadline:
+            for session in list(self.handler.sessions):
+                if not session.in_transaction:
+                    session.say_goodbye()
             await asyncio.sleep(0.1)
         for session in list(self.handler.sessions):
-            if session.transport is not None:
-                session.transport.close()
+            session.say_goodbye()
         await self.store.close()
         self.countries.close()
         self.stopping.set()

@@ -200,7 +200,9 @@ class SmtpBackend:
         """Hand over the client, then greet again with the client's HELO."""
         self._require_xclient(smtp)
         response = await smtp.execute_command(b"XCLIENT", *xclient_arguments(client))
-        if response.code != 220:
+        # Postfix answers 220 and resets the session; older implementations
+        # (smtp-sink) answer 250. Greeting again is right after either.
+        if response.code not in (220, 250):
             raise BackendError(
                 f"XCLIENT refused: {response.code} {response.message}", NO_XCLIENT
             )

@@ -26,7 +26,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
@@ -85,6 +85,11 @@ class Transaction(Envelope):
 
 class ProxyHandler:
     """The aiosmtpd hooks, shared by every session of the daemon."""
+
+    def __dir__(self) -> list[str]:
+        """Only the hooks: aiosmtpd scans ``dir()`` of the handler on every
+        connection (see ``ProxyServer.__dir__``)."""
+        return [name for name in dir(type(self)) if name.startswith("handle_")]
 
     def __init__(
         self,
@@ -322,6 +327,24 @@ def _log_decision(
 class ProxyServer(SMTP):
     """One client connection: aiosmtpd's protocol with greygeo's guard rails."""
 
+    _command_names: ClassVar[list[str] | None] = None
+
+    def __dir__(self) -> list[str]:
+        """Only the command methods.
+
+        aiosmtpd scans ``dir()`` of the protocol on every new connection to
+        find its ``smtp_*`` and ``auth_*`` methods, evaluating every
+        attribute on the way; that scan cost about a millisecond per
+        connection. The names are those of the class, so they are listed
+        once.
+        """
+        cls = type(self)
+        if cls._command_names is None:
+            cls._command_names = [
+                name for name in dir(cls) if name.startswith(("smtp_", "auth_"))
+            ]
+        return cls._command_names
+
     def __init__(self, handler: ProxyHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.handler = handler
@@ -379,6 +402,20 @@ class ProxyServer(SMTP):
             self.handler.release(envelope.relay)
             envelope.relay = None
         super().connection_lost(error)
+
+    @property
+    def in_transaction(self) -> bool:
+        """True between MAIL and the end of data (or RSET)."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def say_goodbye(self) -> None:
+        """Close the session with 421, as on shutdown (RFC 5321 3.8)."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(
+                f"421 4.3.2 {self.hostname} Service shutting down\r\n".encode()
+            )
+            transport.close()
 
     def _timeout_cb(self) -> None:
         """Tell an idle client why it is dropped (RFC 5321 4.5.3.2)."""

@@ -5,6 +5,7 @@ address that the test GeoIP database places in a country, and the replies
 are those the recipe's article shows. Accepted mail must be in the Maildir.
 """
 
+import asyncio
 import mailbox
 import smtplib
 from pathlib import Path
@@ -157,3 +158,37 @@ def test_decision_line_is_logged_in_logfmt(proxy, caplog):
     assert record.verdict == "defer"
     assert record.reply == 421
     assert record.session.endswith(".1")
+
+
+def test_shutdown_closes_idle_sessions_with_421_at_once(tmp_path, geoip_db, maildir):
+    """An idle client does not hold a stopping daemon for the grace period;
+    it hears 421 4.3.2."""
+    config = write_config(tmp_path, geoip=geoip_db, backend=f"maildir:{maildir}")
+    with DaemonThread.from_file(config) as daemon:
+        raw = daemon.raw(JP_CLIENT)
+        raw.command("EHLO client.test")
+        daemon.run(daemon.daemon.stop(grace=30), timeout=5)
+        daemon.daemon = None
+        assert raw.reply() == "421 4.3.2 mx.example.jp Service shutting down"
+        assert raw.closed()
+
+
+def test_shutdown_lets_a_transaction_in_progress_finish(tmp_path, geoip_db, maildir):
+    """A client in the middle of a transaction may finish it; then it is
+    closed like an idle one."""
+    config = write_config(tmp_path, geoip=geoip_db, backend=f"maildir:{maildir}")
+    with DaemonThread.from_file(config) as daemon:
+        raw = daemon.raw(JP_CLIENT)
+        raw.command("EHLO client.test")
+        raw.command("MAIL FROM:<a@sender.test>")
+        raw.command("RCPT TO:<bar@example.com>")
+        stopping = asyncio.run_coroutine_threadsafe(
+            daemon.daemon.stop(grace=30), daemon.loop
+        )
+        assert raw.command("DATA").startswith("354")
+        raw.send(MESSAGE + b".\r\n")
+        assert raw.reply().startswith("250")
+        assert raw.reply() == "421 4.3.2 mx.example.jp Service shutting down"
+        stopping.result(timeout=5)
+        daemon.daemon = None
+    assert len(delivered(maildir)) == 1
