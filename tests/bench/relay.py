@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,8 +37,8 @@ from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.harness import RECIPE_RULES  # noqa: E402
-from tests.postfix import free_port, wait_for_port  # noqa: E402
+from tests.harness import RECIPE_RULES
+from tests.postfix import free_port, wait_for_port
 
 # (message size, concurrent clients, messages for the throughput run)
 STANDARD_LOADS = [(1024, 100, 20_000), (1024 * 1024, 10, 1_000)]
@@ -201,9 +200,11 @@ path = "{folder / "greygeo.sqlite3"}"
 
 
 def report(label: str, result: Result) -> None:
+    p50 = result.percentile(0.5) * 1000
+    p99 = result.percentile(0.99) * 1000
     print(
-        f"    {label:<8} {result.rate:9.1f} tx/s   p50 {result.percentile(0.5) * 1000:7.1f} ms"
-        f"   p99 {result.percentile(0.99) * 1000:7.1f} ms   failures {result.failures}"
+        f"    {label:<8} {result.rate:9.1f} tx/s   p50 {p50:7.1f} ms"
+        f"   p99 {p99:7.1f} ms   failures {result.failures}"
     )
 
 
