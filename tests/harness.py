@@ -86,13 +86,14 @@ def write_config(
     proxy: str = "",
     backend_extra: str = "",
     extra: str = "",
+    listen: str = "",
 ) -> Path:
-    """A complete config file in ``folder`` listening on a free port."""
-    port = free_port()
+    """A complete config file in ``folder``, by default on a free port."""
+    listen = listen or f"127.0.0.1:{free_port()}"
     geoip_line = f'database = "{geoip}"' if geoip else ""
     text = f"""
 [proxy]
-listen = ["127.0.0.1:{port}"]
+listen = ["{listen}"]
 hostname = "mx.example.jp"
 {proxy}
 

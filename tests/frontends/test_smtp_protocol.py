@@ -6,6 +6,7 @@ what was delivered can be read back.
 """
 
 import mailbox
+import smtplib
 import ssl
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import trustme
 
 from tests.harness import JP_CLIENT, US_CLIENT, DaemonThread, FakeClock, write_config
+from tests.postfix import free_port
 
 
 def start_proxy(tmp_path, geoip_db, maildir, proxy=""):
@@ -247,3 +249,19 @@ def test_starttls_is_offered_and_discards_commands_sent_before_it(
         tls.sendall(b"RCPT TO:<bar@example.com>\r\n")
         assert tls.recv(4096).startswith(b"503 5.5.1")  # no MAIL was kept
         tls.close()
+
+
+def test_ipv6_listener_and_client(tmp_path, geoip_db, maildir):
+    """A [v6]:port listener serves IPv6 clients; ::1 is in Japan in the test
+    database, so EHLO localhost is accepted."""
+    port = free_port("::1")
+    config = write_config(
+        tmp_path, geoip=geoip_db, backend=f"maildir:{maildir}", listen=f"[::1]:{port}"
+    )
+    with DaemonThread.from_file(config, FakeClock()):
+        with smtplib.SMTP("::1", port, timeout=10) as client:
+            client.ehlo("localhost")
+            client.sendmail(
+                "a@sender.test", ["bar@example.com"], b"Subject: 6\r\n\r\n."
+            )
+    assert b"([::1])" in delivered(maildir)[0]
