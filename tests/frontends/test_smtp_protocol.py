@@ -258,10 +258,10 @@ def test_ipv6_listener_and_client(tmp_path, geoip_db, maildir):
     config = write_config(
         tmp_path, geoip=geoip_db, backend=f"maildir:{maildir}", listen=f"[::1]:{port}"
     )
-    with DaemonThread.from_file(config, FakeClock()):
-        with smtplib.SMTP("::1", port, timeout=10) as client:
-            client.ehlo("localhost")
-            client.sendmail(
-                "a@sender.test", ["bar@example.com"], b"Subject: 6\r\n\r\n."
-            )
+    with (
+        DaemonThread.from_file(config, FakeClock()),
+        smtplib.SMTP("::1", port, timeout=10) as client,
+    ):
+        client.ehlo("localhost")
+        client.sendmail("a@sender.test", ["bar@example.com"], b"Subject: 6\r\n\r\n.")
     assert b"([::1])" in delivered(maildir)[0]
