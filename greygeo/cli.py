@@ -1,4 +1,4 @@
-"""The ``greygeo`` command: serve, check, migrate.
+"""The ``greygeo`` command: serve, check, migrate, purge, stats.
 
 Exit codes are part of the contract scripts rely on: ``check`` exits 0 when
 the recipient would be accepted, 1 when refused, and every command exits 2
@@ -8,11 +8,11 @@ traceback.
 
 import argparse
 import asyncio
-import logging
+import json
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from greygeo import __version__
 from greygeo.config import Config, ConfigError, load_config
@@ -20,11 +20,9 @@ from greygeo.daemon import StartupError, serve
 from greygeo.logs import setup_logging
 from greygeo.lookups.geoip import CountryLookup, GeoipError
 from greygeo.lookups.store import Store, StoreError
+from greygeo.rules import greylist
 from greygeo.rules.engine import Verdict, decide
 from greygeo.rules.facts import Facts, plain_address
-from greygeo.rules.limits import RateLimiter
-
-log = logging.getLogger(__name__)
 
 EXIT_ACCEPTED = 0
 EXIT_REFUSED = 1
@@ -39,23 +37,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve_cmd = commands.add_parser("serve", help="run the SMTP proxy")
-    serve_cmd.add_argument("--config", required=True, help="the TOML file")
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", required=True, help="the TOML file")
+        return sub
+
+    serve_cmd = command("serve", "run the SMTP proxy")
     serve_cmd.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
 
-    check = commands.add_parser(
-        "check", help="show the decision for one recipient, rule by rule"
-    )
-    check.add_argument("--config", required=True, help="the TOML file")
+    check = command("check", "show the decision for one recipient, rule by rule")
     check.add_argument("--client", required=True, help="client IP address")
     check.add_argument("--helo", default="", help="HELO/EHLO name")
     check.add_argument("--sender", default="", help="envelope sender (empty: <>)")
     check.add_argument("--recipient", default="", help="envelope recipient")
 
-    migrate = commands.add_parser("migrate", help="create or upgrade the store")
-    migrate.add_argument("--config", required=True, help="the TOML file")
+    command("migrate", "create or upgrade the store")
+
+    purge = command("purge", "delete expired triplets, clients and limit keys")
+    purge.add_argument("--dry-run", action="store_true", help="only count")
+
+    stats = command("stats", "print what the store holds")
+    stats.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -67,9 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging(args.log_level)
             asyncio.run(serve(config))
             return 0
-        if args.command == "check":
-            return check(config, args)
-        return asyncio.run(migrate(config))
+        return asyncio.run(_COMMANDS[args.command](config, args))
     except (ConfigError, StartupError, GeoipError, StoreError) as error:
         print(f"greygeo: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def check(config: Config, args: argparse.Namespace) -> int:
+async def check(config: Config, args: argparse.Namespace) -> int:
     """Print the decision for one recipient; change no state."""
     try:
         client = plain_address(args.client)
@@ -94,14 +96,21 @@ def check(config: Config, args: argparse.Namespace) -> int:
         recipient=args.recipient,
         transaction="check",
     )
-    decision = decide(config.policy, facts, time.time(), RateLimiter(), commit=False)
     countries.close()
+    now = time.time()
+    store = await Store.open_read_only(config.store.path)
+    try:
+        decision = await decide(config.policy, facts, now, store, commit=False)
+        triplet = await greylist.describe(store, facts, now, config.policy.greylist)
+    finally:
+        await store.close()
 
     print(f"client     {facts.client} (country {facts.country})")
     print(f"helo       {facts.helo or '(none)'}")
     print(f"sender     <{facts.sender}>")
     print(f"recipient  <{facts.recipient}>")
     print(f"as of      {datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"greylist   {triplet}")
     print("rules:")
     width = max((len(step.rule) for step in decision.steps), default=0)
     for step in decision.steps:
@@ -111,9 +120,44 @@ def check(config: Config, args: argparse.Namespace) -> int:
     return EXIT_ACCEPTED if decision.verdict is Verdict.ACCEPT else EXIT_REFUSED
 
 
-async def migrate(config: Config) -> int:
+async def migrate(config: Config, args: argparse.Namespace) -> int:
     store = await Store.open(config.store.path)
     version = await store.schema_version()
     await store.close()
     print(f"store {config.store.path} is at schema version {version}")
     return 0
+
+
+async def purge(config: Config, args: argparse.Namespace) -> int:
+    """Delete (or with --dry-run count) what has expired; safe while serving."""
+    store = await Store.open(config.store.path)
+    try:
+        removed = await store.purge(
+            time.time(), config.policy.greylist, dry_run=args.dry_run
+        )
+    finally:
+        await store.close()
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb}: " + ", ".join(f"{count} {kind}" for kind, count in removed.items()))
+    return 0
+
+
+async def stats(config: Config, args: argparse.Namespace) -> int:
+    store = await Store.open_read_only(config.store.path)
+    try:
+        figures = await store.stats(config.policy.greylist)
+    finally:
+        await store.close()
+    oldest = figures["oldest_entry"]
+    if isinstance(oldest, float):
+        figures["oldest_entry"] = datetime.fromtimestamp(oldest, UTC).isoformat()
+    figures["store"] = str(config.store.path)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        for key, value in figures.items():
+            print(f"{key:<21} {value if value is not None else '-'}")
+    return 0
+
+
+_COMMANDS = {"check": check, "migrate": migrate, "purge": purge, "stats": stats}

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from greygeo.rules import conditions
 from greygeo.rules.engine import Policy
+from greygeo.rules.greylist import GreylistSettings
 from greygeo.rules.reply import Reply, parse_reply
 from greygeo.rules.rule import Action, Limit, LimitKey, Rule
 from greygeo.units import parse_duration, parse_rate, parse_size
@@ -79,6 +80,7 @@ class GeoipConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     path: Path = Path("/var/lib/greygeo/greygeo.sqlite3")
+    on_error: str = "tempfail"
 
 
 @dataclass(frozen=True)
@@ -262,10 +264,51 @@ def _geoip(table: _Table) -> GeoipConfig:
 
 def _store(table: _Table) -> StoreConfig:
     store = StoreConfig(
-        path=table.take("path", StoreConfig.path, lambda v: Path(_string(v)))
+        path=table.take("path", StoreConfig.path, lambda v: Path(_string(v))),
+        on_error=table.take("on_error", "tempfail", _one_of("tempfail", "accept")),
     )
     table.finish()
     return store
+
+
+def _greylist(table: _Table) -> GreylistSettings:
+    base = GreylistSettings()
+    settings = GreylistSettings(
+        delay=table.take("delay", base.delay, parse_duration),
+        retry_window=table.take("retry_window", base.retry_window, parse_duration),
+        max_age=table.take("max_age", base.max_age, parse_duration),
+        auto_allow_after=table.take(
+            "auto_allow_after", base.auto_allow_after, _non_negative_int
+        ),
+        ipv4_prefix=table.take("ipv4_prefix", base.ipv4_prefix, _prefix(32)),
+        ipv6_prefix=table.take("ipv6_prefix", base.ipv6_prefix, _prefix(128)),
+        reply=table.take("reply", base.reply, _string),
+        header=table.take("header", base.header, _bool),
+        purge_every=table.take("purge_every", base.purge_every, parse_duration),
+    )
+    try:
+        settings.reply_for(1)
+    except ValueError as error:
+        raise table.error("reply", str(error)) from error
+    if settings.retry_window <= settings.delay:
+        raise table.error("retry_window", "must be longer than delay")
+    if settings.purge_every <= 0:
+        raise table.error("purge_every", "must be longer than 0s")
+    table.finish()
+    return settings
+
+
+def _prefix(most: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or not 0 <= value <= most
+        ):
+            raise ValueError(f"must be a prefix length from 0 to {most}, not {value!r}")
+        return value
+
+    return convert
 
 
 def _policy(root: _Table, source: Path) -> Policy:
@@ -273,6 +316,7 @@ def _policy(root: _Table, source: Path) -> Policy:
     tempfail = replies.take("tempfail", parse_reply(DEFAULT_TEMPFAIL), _tempfail_reply)
     reject = replies.take("reject", parse_reply(DEFAULT_REJECT), _reject_reply)
     replies.finish()
+    greylist = _greylist(root.table("greylist"))
 
     raw_rules = root.data.pop("rules", [])
     if not isinstance(raw_rules, list):
@@ -287,7 +331,7 @@ def _policy(root: _Table, source: Path) -> Policy:
         if rule.name in seen:
             raise ConfigError(f"{source}: rules[{index}].name: duplicate {rule.name!r}")
         seen.add(rule.name)
-    return Policy(rules, tempfail, reject)
+    return Policy(rules, tempfail, reject, greylist)
 
 
 def _tempfail_reply(value: Any) -> Reply:

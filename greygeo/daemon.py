@@ -20,7 +20,6 @@ from greygeo.frontends.maildir import MaildirBackend
 from greygeo.frontends.smtp import ProxyHandler, ProxyServer
 from greygeo.lookups.geoip import CountryLookup, GeoipError
 from greygeo.lookups.store import Store, StoreError
-from greygeo.rules.limits import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +106,10 @@ async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Da
         policy=config.policy,
         backend=backend,
         countries=countries,
-        limiter=RateLimiter(),
+        state=store,
         clock=clock,
         max_recipients=config.proxy.max_recipients,
+        on_error=config.store.on_error,
     )
     daemon = Daemon(config, handler, store, countries)
     context = tls_context(config)

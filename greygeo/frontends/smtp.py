@@ -22,6 +22,7 @@ Protocol notes:
 """
 
 import asyncio
+import email.utils
 import logging
 import re
 import secrets
@@ -33,9 +34,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 from greygeo.frontends.backend import Answer, Backend, BackendError, Relay
 from greygeo.frontends.client_identity import ClientInfo
 from greygeo.lookups.geoip import CountryLookup
-from greygeo.rules.engine import Decision, Policy, Verdict, decide
+from greygeo.rules.engine import Decision, Policy, State, Verdict, decide
 from greygeo.rules.facts import UNKNOWN_COUNTRY, Address, Facts, plain_address
-from greygeo.rules.limits import RateLimiter
+from greygeo.rules.reply import parse_reply
+from greygeo.rules.state import StateError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 _HELO_NAME = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 INTERNAL_ERROR = "421 4.3.0 Internal error, closing connection; try again later"
+STORE_FAILED = parse_reply("451 4.3.0 Temporary local problem, try again later")
 
 
 class Transaction(Envelope):
@@ -76,6 +79,7 @@ class Transaction(Envelope):
         super().__init__()
         self.id = ""
         self.relay: Relay | None = None
+        self.greylist_delay: float | None = None
 
     @property
     def sender(self) -> str:
@@ -97,16 +101,18 @@ class ProxyHandler:
         policy: Policy,
         backend: Backend,
         countries: CountryLookup,
-        limiter: RateLimiter,
+        state: State,
         clock: Callable[[], float],
         max_recipients: int,
+        on_error: str = "tempfail",
     ) -> None:
         self.policy = policy
         self.backend = backend
         self.countries = countries
-        self.limiter = limiter
+        self.state = state
         self.clock = clock
         self.max_recipients = max_recipients
+        self.on_error = on_error
         self.sessions: set[ProxyServer] = set()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -180,7 +186,7 @@ class ProxyHandler:
             recipient=address,
             transaction=envelope.id,
         )
-        decision = decide(self.policy, facts, self.clock(), self.limiter)
+        decision = await self._decide(facts)
         if decision.verdict is not Verdict.ACCEPT:
             assert decision.reply is not None
             _log_decision(envelope, facts, decision, decision.reply.code)
@@ -192,8 +198,31 @@ class ProxyHandler:
         if answer.ok:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
+            if decision.greylist_delay is not None:
+                envelope.greylist_delay = max(
+                    envelope.greylist_delay or 0.0, decision.greylist_delay
+                )
         _log_decision(envelope, facts, decision, answer.code)
         return answer.wire()
+
+    async def _decide(self, facts: Facts) -> Decision:
+        """The engine's decision; when the state fails, the fail mode's."""
+        try:
+            return await decide(self.policy, facts, self.clock(), self.state)
+        except StateError as error:
+            log.error(
+                "state failed, applied on_error=%s session=%s error=%s",
+                self.on_error,
+                facts.transaction,
+                error,
+            )
+            if self.on_error == "accept":
+                return Decision(
+                    Verdict.ACCEPT, "on_error", "accept", "store failed", None
+                )
+            return Decision(
+                Verdict.DEFER, "on_error", "tempfail", "store failed", STORE_FAILED
+            )
 
     async def _relay_recipient(
         self,
@@ -237,6 +266,8 @@ class ProxyHandler:
         if envelope.relay is None:
             return "451 4.4.2 Mail system connection lost, try again later"
         content = _LINE_ENDINGS.sub(b"\r\n", envelope.original_content or b"")
+        if envelope.greylist_delay is not None and self.policy.greylist.header:
+            content = self._greylist_header(envelope.greylist_delay) + content
         try:
             answer = await envelope.relay.data(content)
         except BackendError as error:
@@ -260,6 +291,11 @@ class ProxyHandler:
             },
         )
         return answer.wire()
+
+    def _greylist_header(self, delay: float) -> bytes:
+        date = email.utils.formatdate(self.clock(), localtime=True)
+        header = f"X-Greylist: delayed {round(delay)} seconds by greygeo; {date}\r\n"
+        return header.encode()
 
     async def handle_RSET(
         self, server: "ProxyServer", session: Session, envelope: Transaction

@@ -1,10 +1,19 @@
-"""The SQLite store: opening it, and the versioned SQL migrations.
+"""The SQLite store: migrations, and the rows of greylisting and limits.
 
 All SQL of greygeo lives here and in ``migrations/``. Migrations are plain
 SQL files named ``NNNN_name.sql``, applied in order, each in its own
 transaction, and recorded in ``schema_migrations``; a file already recorded
-is never applied again. The database runs in WAL mode so that readers do
-not wait for a writer.
+is never applied again.
+
+The database runs in WAL mode, so readers never wait for the writer, with
+``synchronous = NORMAL``: a power cut may forget the last few decisions,
+which costs a client one more retry, never a message. Every statement runs
+in aiosqlite's worker thread, so a slow disk never blocks the event loop.
+Each write is a single statement that names the row version it expects, so
+concurrent sessions and other processes (``greygeo purge``) never lose an
+update; ``busy_timeout`` bounds how long a statement waits for a lock.
+Purging deletes in short batches so that deciding is never blocked for
+long. Any SQLite failure leaves this module as ``StoreError``.
 """
 
 import logging
@@ -16,13 +25,17 @@ from pathlib import Path
 
 import aiosqlite
 
+from greygeo.rules.greylist import ClientRow, GreylistSettings, Triplet, TripletRow
+from greygeo.rules.state import StateError
+
 log = logging.getLogger(__name__)
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-_BUSY_TIMEOUT_MS = 5000
+_BUSY_TIMEOUT_MS = 2000
+PURGE_BATCH = 1000
 
 
-class StoreError(Exception):
+class StoreError(StateError):
     """The store cannot be opened, migrated or used."""
 
 
@@ -77,10 +90,35 @@ class Store:
         try:
             await db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
             await store.migrate()
         except (sqlite3.Error, StoreError) as error:
             await db.close()
             raise StoreError(f"cannot prepare store {path}: {error}") from error
+        return store
+
+    @classmethod
+    async def open_read_only(cls, path: Path) -> "Store":
+        """Open an existing store to look only; an empty one if there is none."""
+        if not path.exists():
+            return await cls.open(Path(":memory:"))
+        try:
+            db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+        except sqlite3.Error as error:
+            raise StoreError(f"cannot open store {path}: {error}") from error
+        store = cls(db, path)
+        try:
+            version = await store.schema_version()
+        except sqlite3.Error as error:
+            await db.close()
+            raise StoreError(f"cannot read store {path}: {error}") from error
+        latest = max(m.version for m in load_migrations())
+        if version < latest:
+            await db.close()
+            raise StoreError(
+                f"store {path} is at schema version {version}, greygeo needs "
+                f"{latest}: run greygeo migrate"
+            )
         return store
 
     async def schema_version(self) -> int:
@@ -134,3 +172,179 @@ class Store:
 
     async def close(self) -> None:
         await self.db.close()
+
+    # -- rows ------------------------------------------------------------------
+
+    async def _rows(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
+        try:
+            return list(await self.db.execute_fetchall(sql, params))
+        except sqlite3.Error as error:
+            raise StoreError(f"store {self.path}: {error}") from error
+
+    async def _change(self, sql: str, params: tuple[object, ...]) -> int:
+        """Run one writing statement; the number of rows it changed."""
+        try:
+            cursor = await self.db.execute(sql, params)
+            changed = cursor.rowcount
+            await cursor.close()
+            return changed
+        except sqlite3.Error as error:
+            raise StoreError(f"store {self.path}: {error}") from error
+
+    async def read_limit(self, rule: str, key: str) -> tuple[float, str] | None:
+        rows = await self._rows(
+            "SELECT tat, transaction_id FROM limits WHERE rule = ? AND key = ?",
+            (rule, key),
+        )
+        return (float(rows[0][0]), str(rows[0][1])) if rows else None
+
+    async def write_limit(
+        self,
+        rule: str,
+        key: str,
+        tat: float,
+        transaction: str,
+        expected_tat: float | None,
+    ) -> bool:
+        if expected_tat is None:
+            changed = await self._change(
+                "INSERT INTO limits (rule, key, tat, transaction_id)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (rule, key, tat, transaction),
+            )
+        else:
+            changed = await self._change(
+                "UPDATE limits SET tat = ?, transaction_id = ?"
+                " WHERE rule = ? AND key = ? AND tat = ?",
+                (tat, transaction, rule, key, expected_tat),
+            )
+        return changed == 1
+
+    async def read_greylist(
+        self, triplet: Triplet
+    ) -> tuple[TripletRow | None, ClientRow | None]:
+        rows = await self._rows(
+            "SELECT t.first_seen, t.last_seen, t.passed_at, t.version,"
+            " c.passes, c.last_counted, c.last_seen"
+            " FROM (SELECT ? AS client_net, ? AS sender, ? AS recipient) AS k"
+            " LEFT JOIN triplets AS t ON t.client_net = k.client_net"
+            "  AND t.sender = k.sender AND t.recipient = k.recipient"
+            " LEFT JOIN clients AS c ON c.client_net = k.client_net",
+            (triplet.client_net, triplet.sender, triplet.recipient),
+        )
+        first, last, passed, version, passes, counted, client_seen = rows[0]
+        row = None if first is None else TripletRow(first, last, passed, version)
+        client = None if passes is None else ClientRow(passes, counted, client_seen)
+        return row, client
+
+    async def write_triplet(
+        self, triplet: Triplet, row: TripletRow, expected_version: int | None
+    ) -> bool:
+        key = (triplet.client_net, triplet.sender, triplet.recipient)
+        if expected_version is None:
+            changed = await self._change(
+                "INSERT INTO triplets (client_net, sender, recipient,"
+                " first_seen, last_seen, passed_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (*key, row.first_seen, row.last_seen, row.passed_at),
+            )
+        else:
+            changed = await self._change(
+                "UPDATE triplets SET first_seen = ?, last_seen = ?, passed_at = ?,"
+                " version = version + 1 WHERE client_net = ? AND sender = ?"
+                " AND recipient = ? AND version = ?",
+                (row.first_seen, row.last_seen, row.passed_at, *key, expected_version),
+            )
+        return changed == 1
+
+    async def count_client_pass(
+        self, client_net: str, now: float, count_every: float, seen_every: float
+    ) -> None:
+        """Count a pass (at most one per ``count_every``) and the client's
+        last use (written at most once per ``seen_every``)."""
+        await self._change(
+            "INSERT INTO clients (client_net, passes, last_counted, last_seen)"
+            " VALUES (:net, 1, :now, :now) ON CONFLICT (client_net) DO UPDATE SET"
+            " passes = passes + (:now - last_counted >= :count_every),"
+            " last_counted = CASE WHEN :now - last_counted >= :count_every"
+            "  THEN :now ELSE last_counted END,"
+            " last_seen = :now"
+            " WHERE :now - last_counted >= :count_every"
+            "  OR :now - clients.last_seen >= :seen_every",
+            {
+                "net": client_net,
+                "now": now,
+                "count_every": count_every,
+                "seen_every": seen_every,
+            },  # type: ignore[arg-type]
+        )
+
+    # -- purge and stats ---------------------------------------------------------
+
+    def _stale(
+        self, now: float, settings: GreylistSettings
+    ) -> dict[str, tuple[str, str, tuple[float, ...]]]:
+        """What purge removes: table, condition, parameters, by kind."""
+        return {
+            "waiting triplets": (
+                "triplets",
+                "passed_at IS NULL AND first_seen < ?",
+                (now - settings.retry_window,),
+            ),
+            "passed triplets": (
+                "triplets",
+                "passed_at IS NOT NULL AND last_seen < ?",
+                (now - settings.max_age,),
+            ),
+            "clients": ("clients", "last_seen < ?", (now - settings.max_age,)),
+            "limit keys": ("limits", "tat < ?", (now,)),
+        }
+
+    async def purge(
+        self, now: float, settings: GreylistSettings, *, dry_run: bool = False
+    ) -> dict[str, int]:
+        """Delete what has expired, in batches; counts by kind."""
+        removed: dict[str, int] = {}
+        for kind, (table, where, params) in self._stale(now, settings).items():
+            if dry_run:
+                rows = await self._rows(
+                    f"SELECT count(*) FROM {table} WHERE {where}", params
+                )
+                removed[kind] = int(rows[0][0])
+                continue
+            removed[kind] = 0
+            while True:
+                changed = await self._change(
+                    f"DELETE FROM {table} WHERE rowid IN"
+                    f" (SELECT rowid FROM {table} WHERE {where} LIMIT {PURGE_BATCH})",
+                    params,
+                )
+                removed[kind] += changed
+                if changed < PURGE_BATCH:
+                    break
+        return removed
+
+    async def stats(self, settings: GreylistSettings) -> dict[str, object]:
+        rows = await self._rows(
+            "SELECT"
+            " (SELECT count(*) FROM triplets WHERE passed_at IS NULL),"
+            " (SELECT count(*) FROM triplets WHERE passed_at IS NOT NULL),"
+            " (SELECT count(*) FROM clients WHERE passes >= ?),"
+            " (SELECT min(first_seen) FROM triplets),"
+            " (SELECT count(*) FROM limits)",
+            (max(1, settings.auto_allow_after),),
+        )
+        waiting, passed, allowed, oldest, limit_keys = rows[0]
+        size = sum(
+            path.stat().st_size
+            for path in (self.path, Path(f"{self.path}-wal"))
+            if path.exists()
+        )
+        return {
+            "triplets_waiting": waiting,
+            "triplets_passed": passed,
+            "clients_auto_allowed": allowed if settings.auto_allow_after else 0,
+            "limit_keys": limit_keys,
+            "oldest_entry": oldest,
+            "database_bytes": size,
+        }

@@ -12,84 +12,89 @@ an empty bucket. A request at ``now`` passes when
 and then sets TAT to ``max(TAT, now) + interval``. With ``1/m`` and no burst
 the first request passes, every request in the next 60 s is refused, and a
 refused request does not push the next allowance further away. One number
-per key keeps the state small and easy to persist.
+per key keeps the state small, easy to persist, and independent of the
+rate: when a schedule changes the rate, the TAT a key has earned stays.
 
 Several recipients of one transaction count once: a key remembers the last
 transaction it admitted, and that transaction passes again for free.
 
-The state lives in memory in this version.
-# TODO: move the state into the store, so that a restart does not hand every
-# key a fresh allowance and several greygeo processes share one budget.
+Counting is in two steps. ``look`` says whether a transaction would pass
+and what the new TAT would be; ``take`` stores it only when the whole
+decision accepts, so that a transaction refused by a later rule (for
+example greylisting) uses up no allowance. ``take`` writes only if the
+stored TAT is still the one looked at, so two sessions racing for the last
+allowance cannot both get it.
 """
 
 from dataclasses import dataclass
 
+from greygeo.rules.state import LimitStore
 from greygeo.units import Rate
 
-# Expired entries are swept after this many new keys, which bounds memory
-# by the number of keys seen within one period plus this margin.
-_SWEEP_EVERY = 10_000
+_CONFLICT_RETRIES = 5
 
 
 @dataclass(frozen=True)
-class LimitResult:
+class Look:
     allowed: bool
     retry_after: float
     """Seconds until the key would pass again; 0 when allowed."""
+    new_tat: float
+    expected_tat: float | None
+    """The stored TAT this look was based on (None: no row)."""
+    free: bool = False
+    """The transaction was already counted for this key."""
 
 
-@dataclass
-class _Bucket:
-    tat: float
-    transaction: str
+def gcra(
+    stored: tuple[float, str] | None,
+    now: float,
+    rate: Rate,
+    burst: int,
+    transaction: str = "",
+) -> Look:
+    """Whether a transaction passes, given the key's stored state."""
+    tat, admitted = stored if stored is not None else (None, "")
+    if transaction and admitted == transaction:
+        return Look(True, 0.0, tat or now, tat, free=True)
+
+    new_tat = max(tat if tat is not None else now, now) + rate.interval
+    allowed_until = now + (burst + 1) * rate.interval
+    if new_tat > allowed_until + 1e-9:
+        return Look(False, new_tat - allowed_until, new_tat, tat)
+    return Look(True, 0.0, new_tat, tat)
 
 
-class RateLimiter:
-    """Per-key GCRA state for every ``limit`` rule."""
+async def look(
+    store: LimitStore,
+    rule: str,
+    key: str,
+    rate: Rate,
+    burst: int,
+    now: float,
+    transaction: str,
+) -> Look:
+    return gcra(await store.read_limit(rule, key), now, rate, burst, transaction)
 
-    def __init__(self) -> None:
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
-        self._new_since_sweep = 0
 
-    def hit(
-        self,
-        rule: str,
-        key: str,
-        rate: Rate,
-        burst: int,
-        now: float,
-        transaction: str = "",
-        *,
-        commit: bool = True,
-    ) -> LimitResult:
-        """Count one transaction for ``key``; with ``commit=False`` only look."""
-        bucket = self._buckets.get((rule, key))
-        if bucket is not None and transaction and bucket.transaction == transaction:
-            return LimitResult(True, 0.0)
-
-        tat = max(bucket.tat if bucket else now, now)
-        new_tat = tat + rate.interval
-        allowed_until = now + (burst + 1) * rate.interval
-        if new_tat > allowed_until + 1e-9:
-            return LimitResult(False, new_tat - allowed_until)
-
-        if commit:
-            self._store(rule, key, new_tat, transaction, now)
-        return LimitResult(True, 0.0)
-
-    def _store(
-        self, rule: str, key: str, tat: float, transaction: str, now: float
-    ) -> None:
-        if (rule, key) not in self._buckets:
-            self._new_since_sweep += 1
-            if self._new_since_sweep >= _SWEEP_EVERY:
-                self._sweep(now)
-        self._buckets[(rule, key)] = _Bucket(tat, transaction)
-
-    def _sweep(self, now: float) -> None:
-        """Drop keys whose bucket is empty again: they equal absent keys."""
-        self._buckets = {k: b for k, b in self._buckets.items() if b.tat > now}
-        self._new_since_sweep = 0
-
-    def __len__(self) -> int:
-        return len(self._buckets)
+async def take(
+    store: LimitStore,
+    rule: str,
+    key: str,
+    rate: Rate,
+    burst: int,
+    now: float,
+    transaction: str,
+    seen: Look,
+) -> Look:
+    """Store the allowance ``seen`` granted; if another session changed the
+    key meanwhile, decide again. Returns the final look."""
+    for _ in range(_CONFLICT_RETRIES):
+        if not seen.allowed or seen.free:
+            return seen
+        if await store.write_limit(
+            rule, key, seen.new_tat, transaction, seen.expected_tat
+        ):
+            return seen
+        seen = await look(store, rule, key, rate, burst, now, transaction)
+    return Look(False, rate.interval, seen.new_tat, seen.expected_tat)

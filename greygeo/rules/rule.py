@@ -17,6 +17,7 @@ class Action(StrEnum):
     TEMPFAIL = "tempfail"
     REJECT = "reject"
     LIMIT = "limit"
+    GREYLIST = "greylist"
 
 
 class LimitKey(StrEnum):

@@ -25,7 +25,23 @@ async def test_empty_database_is_migrated_through_every_file(tmp_path: Path):
             row[0]
             for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         }
-        assert {"schema_migrations", "store_info"} <= tables
+        assert tables >= {
+            "schema_migrations",
+            "store_info",
+            "triplets",
+            "clients",
+            "limits",
+        }
+        columns = {row[1] for row in db.execute("PRAGMA table_info(triplets)")}
+        assert columns == {
+            "client_net",
+            "sender",
+            "recipient",
+            "first_seen",
+            "last_seen",
+            "passed_at",
+            "version",
+        }
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         recorded = [
             row[0]
