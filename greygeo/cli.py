@@ -121,7 +121,7 @@ async def check(config: Config, args: argparse.Namespace) -> int:
 
 
 async def migrate(config: Config, args: argparse.Namespace) -> int:
-    store = await Store.open(config.store.path)
+    store = await Store.open(config.store.path, config.store.lock_timeout)
     version = await store.schema_version()
     await store.close()
     print(f"store {config.store.path} is at schema version {version}")
@@ -130,7 +130,7 @@ async def migrate(config: Config, args: argparse.Namespace) -> int:
 
 async def purge(config: Config, args: argparse.Namespace) -> int:
     """Delete (or with --dry-run count) what has expired; safe while serving."""
-    store = await Store.open(config.store.path)
+    store = await Store.open(config.store.path, config.store.lock_timeout)
     try:
         removed = await store.purge(
             time.time(), config.policy.greylist, dry_run=args.dry_run

@@ -81,6 +81,7 @@ class GeoipConfig:
 class StoreConfig:
     path: Path = Path("/var/lib/greygeo/greygeo.sqlite3")
     on_error: str = "tempfail"
+    lock_timeout: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ def _store(table: _Table) -> StoreConfig:
     store = StoreConfig(
         path=table.take("path", StoreConfig.path, lambda v: Path(_string(v))),
         on_error=table.take("on_error", "tempfail", _one_of("tempfail", "accept")),
+        lock_timeout=table.take("lock_timeout", 2.0, parse_duration),
     )
     table.finish()
     return store

@@ -14,6 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
 from greygeo.config import Config
 from greygeo.frontends.backend import Backend, BackendError, SmtpBackend
 from greygeo.frontends.maildir import MaildirBackend
@@ -38,7 +41,9 @@ class Daemon:
     handler: ProxyHandler
     store: Store
     countries: CountryLookup
+    clock: Callable[[], float] = time.time
     servers: list[asyncio.Server] = field(default_factory=list)
+    scheduler: AsyncIOScheduler | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -48,9 +53,33 @@ class Daemon:
             sock.getsockname()[:2] for server in self.servers for sock in server.sockets
         ]
 
+    def schedule_purge(self) -> None:
+        """Purge expired state every ``[greylist] purge_every``."""
+        self.scheduler = AsyncIOScheduler()
+        self.scheduler.add_job(
+            self.purge,
+            IntervalTrigger(seconds=self.config.policy.greylist.purge_every),
+            id="purge",
+            coalesce=True,
+            max_instances=1,
+        )
+        self.scheduler.start()
+
+    async def purge(self) -> dict[str, int]:
+        """One purge run; a failing store is logged, not raised."""
+        try:
+            removed = await self.store.purge(self.clock(), self.config.policy.greylist)
+        except StoreError as error:
+            log.error("purge failed error=%s", error)
+            return {}
+        log.info("purged", extra={k.replace(" ", "_"): n for k, n in removed.items()})
+        return removed
+
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stop listening; close idle sessions at once with 421; give those
         in a transaction ``grace`` seconds to finish; then close the rest."""
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
         for server in self.servers:
             server.close()
         deadline = time.monotonic() + grace
@@ -91,7 +120,7 @@ async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Da
     """Open every part, bind every listener, and log the summary line."""
     try:
         countries = CountryLookup(config.geoip.database)
-        store = await Store.open(config.store.path)
+        store = await Store.open(config.store.path, config.store.lock_timeout)
     except (GeoipError, StoreError) as error:
         raise StartupError(str(error)) from error
 
@@ -111,7 +140,7 @@ async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Da
         max_recipients=config.proxy.max_recipients,
         on_error=config.store.on_error,
     )
-    daemon = Daemon(config, handler, store, countries)
+    daemon = Daemon(config, handler, store, countries, clock)
     context = tls_context(config)
 
     def session() -> ProxyServer:
@@ -136,6 +165,7 @@ async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Da
             raise StartupError(f"cannot listen on {endpoint}: {error}") from error
         daemon.servers.append(server)
 
+    daemon.schedule_purge()
     _log_summary(daemon, backend, context is not None)
     return daemon
 

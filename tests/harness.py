@@ -87,6 +87,7 @@ def write_config(
     backend_extra: str = "",
     extra: str = "",
     listen: str = "",
+    store_extra: str = "",
 ) -> Path:
     """A complete config file in ``folder``, by default on a free port."""
     listen = listen or f"127.0.0.1:{free_port()}"
@@ -106,6 +107,7 @@ address = "{backend}"
 
 [store]
 path = "{folder / "greygeo.sqlite3"}"
+{store_extra}
 
 {extra}
 {rules}

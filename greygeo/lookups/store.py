@@ -31,7 +31,7 @@ from greygeo.rules.state import StateError
 log = logging.getLogger(__name__)
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-_BUSY_TIMEOUT_MS = 2000
+DEFAULT_LOCK_TIMEOUT = 2.0
 PURGE_BATCH = 1000
 
 
@@ -78,8 +78,11 @@ class Store:
         self.path = path
 
     @classmethod
-    async def open(cls, path: Path) -> "Store":
-        """Create the file if needed, switch to WAL and apply migrations."""
+    async def open(
+        cls, path: Path, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    ) -> "Store":
+        """Create the file if needed, switch to WAL and apply migrations.
+        A statement waits at most ``lock_timeout`` seconds for a lock."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = await aiosqlite.connect(path, isolation_level=None)
@@ -88,7 +91,7 @@ class Store:
 
         store = cls(db, path)
         try:
-            await db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            await db.execute(f"PRAGMA busy_timeout = {round(lock_timeout * 1000)}")
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
             await store.migrate()
