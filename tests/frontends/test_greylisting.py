@@ -2,6 +2,7 @@
 purge and stats commands on a store the daemon filled."""
 
 import json
+import re
 import mailbox
 import sqlite3
 import subprocess
@@ -226,3 +227,21 @@ def test_stats_text_lists_every_figure(config, capsys):
     assert lines["triplets_waiting"] == "1"
     assert lines["clients_auto_allowed"] == "0"
     assert lines["oldest_entry"].startswith("2027-01-15T08:00:00")
+
+
+def test_check_shows_the_triplet_state_and_changes_nothing(config, capsys):
+    with DaemonThread.from_file(config) as proxy:  # the real clock, as check's
+        transaction(proxy, ["bob@example.com"])
+    argv = ["check", "--config", str(config), "--client", "127.0.1.99",
+            "--sender", "Alice+tag@Sender.test", "--recipient", "bob@example.com"]
+    for _ in range(2):
+        assert main(argv) == 1
+        out = capsys.readouterr().out
+        assert (
+            "greylist   (127.0.1.0/24, <alice@sender.test>, <bob@example.com>): "
+            "waiting 3"
+        ) in out
+        assert re.search(r"GREYLIST +defer: early retry, 300s left", out)
+    argv[argv.index("bob@example.com")] = "new@example.com"
+    assert main(argv) == 1
+    assert "<new@example.com>): unknown" in capsys.readouterr().out
