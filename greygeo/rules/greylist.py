@@ -34,8 +34,10 @@ from greygeo.rules.state import StateError
 
 # A client's pass counts toward auto-allow at most once per this period.
 AUTO_ALLOW_COUNT_EVERY = 3600.0
-# A passed triplet's last use is written back at most this often.
-LAST_SEEN_PRECISION = 60.0
+# A passed triplet's (and an auto-allowed client's) last use is written back
+# at most this often: it only serves max_age, counted in days, and skipping
+# the write makes most known-triplet decisions a single read.
+LAST_SEEN_PRECISION = 3600.0
 _CONFLICT_RETRIES = 5
 
 
@@ -234,7 +236,7 @@ async def check(
         if auto_allowed(client, now, settings):
             result = GreylistResult(Outcome.AUTO_ALLOWED)
             if commit:
-                await _count_pass(store, triplet, now)
+                await _count_pass(store, triplet, client, now)
             return result
 
         result, new_row = advance(row, now, settings)
@@ -245,12 +247,22 @@ async def check(
             if not await store.write_triplet(triplet, new_row, expected):
                 continue  # another session wrote first: decide again
         if result.passes and settings.auto_allow_after > 0:
-            await _count_pass(store, triplet, now)
+            await _count_pass(store, triplet, client, now)
         return result
     raise StateError(f"greylist row kept changing during the decision: {triplet}")
 
 
-async def _count_pass(store: GreylistStore, triplet: Triplet, now: float) -> None:
+async def _count_pass(
+    store: GreylistStore, triplet: Triplet, client: ClientRow | None, now: float
+) -> None:
+    """Count the client's pass, unless the row read shows there is nothing to
+    write (counted within the hour, last use recent)."""
+    if (
+        client is not None
+        and now - client.last_counted < AUTO_ALLOW_COUNT_EVERY
+        and now - client.last_seen < LAST_SEEN_PRECISION
+    ):
+        return
     await store.count_client_pass(
         triplet.client_net, now, AUTO_ALLOW_COUNT_EVERY, LAST_SEEN_PRECISION
     )

@@ -2,8 +2,8 @@
 purge and stats commands on a store the daemon filled."""
 
 import json
-import re
 import mailbox
+import re
 import sqlite3
 import subprocess
 import time
@@ -232,8 +232,17 @@ def test_stats_text_lists_every_figure(config, capsys):
 def test_check_shows_the_triplet_state_and_changes_nothing(config, capsys):
     with DaemonThread.from_file(config) as proxy:  # the real clock, as check's
         transaction(proxy, ["bob@example.com"])
-    argv = ["check", "--config", str(config), "--client", "127.0.1.99",
-            "--sender", "Alice+tag@Sender.test", "--recipient", "bob@example.com"]
+    argv = [
+        "check",
+        "--config",
+        str(config),
+        "--client",
+        "127.0.1.99",
+        "--sender",
+        "Alice+tag@Sender.test",
+        "--recipient",
+        "bob@example.com",
+    ]
     for _ in range(2):
         assert main(argv) == 1
         out = capsys.readouterr().out
