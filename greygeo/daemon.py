@@ -20,7 +20,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from greygeo.config import Config
 from greygeo.frontends.backend import Backend, BackendError, SmtpBackend
 from greygeo.frontends.maildir import MaildirBackend
-from greygeo.frontends.smtp import ProxyHandler, ProxyServer
+from greygeo.frontends.protocol import ProxyServer
+from greygeo.frontends.smtp import ProxyHandler
 from greygeo.lookups.geoip import CountryLookup, GeoipError
 from greygeo.lookups.store import Store, StoreError
 

@@ -25,66 +25,25 @@ import asyncio
 import email.utils
 import logging
 import re
-import secrets
 from collections.abc import Callable
-from typing import Any, ClassVar
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import Session
 
 from greygeo.frontends.backend import Answer, Backend, BackendError, Relay
-from greygeo.frontends.client_identity import ClientInfo
+from greygeo.frontends.protocol import ProxyServer, Transaction
 from greygeo.lookups.geoip import CountryLookup
 from greygeo.rules.engine import Decision, Policy, State, Verdict, decide
-from greygeo.rules.facts import UNKNOWN_COUNTRY, Address, Facts, plain_address
+from greygeo.rules.facts import Facts
 from greygeo.rules.reply import parse_reply
 from greygeo.rules.state import StateError
 
 log = logging.getLogger(__name__)
 
 # The enhanced status code for aiosmtpd's own replies that carry none.
-_DEFAULT_STATUS = {
-    214: "2.0.0",
-    221: "2.0.0",
-    235: "2.7.0",
-    250: "2.0.0",
-    252: "2.0.0",
-    421: "4.3.0",
-    450: "4.0.0",
-    451: "4.3.0",
-    452: "4.3.1",
-    454: "4.7.0",
-    500: "5.5.2",
-    501: "5.5.4",
-    502: "5.5.1",
-    503: "5.5.1",
-    504: "5.5.4",
-    530: "5.7.0",
-    552: "5.3.4",
-    553: "5.1.3",
-    554: "5.3.0",
-    555: "5.5.4",
-}
-_HAS_STATUS = re.compile(r"^\d\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b")
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
-_HELO_NAME = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 INTERNAL_ERROR = "421 4.3.0 Internal error, closing connection; try again later"
 STORE_FAILED = parse_reply("451 4.3.0 Temporary local problem, try again later")
-
-
-class Transaction(Envelope):
-    """aiosmtpd's envelope, plus the transaction id and the backend session."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.id = ""
-        self.relay: Relay | None = None
-        self.greylist_delay: float | None = None
-
-    @property
-    def sender(self) -> str:
-        """The envelope sender; empty for the null sender ``<>``."""
-        return "" if self.mail_from in (None, "<>") else str(self.mail_from)
 
 
 class ProxyHandler:
@@ -124,7 +83,7 @@ class ProxyHandler:
 
     async def handle_EHLO(
         self,
-        server: "ProxyServer",
+        server: ProxyServer,
         session: Session,
         envelope: Transaction,
         hostname: str,
@@ -139,7 +98,7 @@ class ProxyHandler:
 
     async def handle_HELO(
         self,
-        server: "ProxyServer",
+        server: ProxyServer,
         session: Session,
         envelope: Transaction,
         hostname: str,
@@ -149,7 +108,7 @@ class ProxyHandler:
 
     async def handle_MAIL(
         self,
-        server: "ProxyServer",
+        server: ProxyServer,
         session: Session,
         envelope: Transaction,
         address: str,
@@ -166,7 +125,7 @@ class ProxyHandler:
 
     async def handle_RCPT(
         self,
-        server: "ProxyServer",
+        server: ProxyServer,
         session: Session,
         envelope: Transaction,
         address: str,
@@ -226,7 +185,7 @@ class ProxyHandler:
 
     async def _relay_recipient(
         self,
-        server: "ProxyServer",
+        server: ProxyServer,
         session: Session,
         envelope: Transaction,
         address: str,
@@ -259,13 +218,13 @@ class ProxyHandler:
 
     async def handle_DATA(
         self,
-        server: "ProxyServer",
+        server: ProxyServer,
         session: Session,
         envelope: Transaction,
     ) -> str:
         if envelope.relay is None:
             return "451 4.4.2 Mail system connection lost, try again later"
-        content = _LINE_ENDINGS.sub(b"\r\n", envelope.original_content or b"")
+        content = _crlf_only(envelope.original_content or b"")
         if envelope.greylist_delay is not None and self.policy.greylist.header:
             content = self._greylist_header(envelope.greylist_delay) + content
         try:
@@ -298,23 +257,23 @@ class ProxyHandler:
         return header.encode()
 
     async def handle_RSET(
-        self, server: "ProxyServer", session: Session, envelope: Transaction
+        self, server: ProxyServer, session: Session, envelope: Transaction
     ) -> str:
         return "250 2.0.0 Ok"
 
     async def handle_NOOP(
-        self, server: "ProxyServer", session: Session, envelope: Transaction, arg: str
+        self, server: ProxyServer, session: Session, envelope: Transaction, arg: str
     ) -> str:
         return "250 2.0.0 Ok"
 
     async def handle_QUIT(
-        self, server: "ProxyServer", session: Session, envelope: Transaction
+        self, server: ProxyServer, session: Session, envelope: Transaction
     ) -> str:
         return "221 2.0.0 Bye"
 
     async def handle_VRFY(
         self,
-        server: "ProxyServer",
+        server: ProxyServer,
         session: Session,
         envelope: Transaction,
         address: str,
@@ -325,6 +284,15 @@ class ProxyHandler:
         """The one catch-all: log the failure, close the session cleanly."""
         log.error("session failed, closing it error=%r", error, exc_info=error)
         return INTERNAL_ERROR
+
+
+def _crlf_only(content: bytes) -> bytes:
+    """Turn every bare CR or LF into CRLF; counting first skips the copy for
+    the usual message, which has none."""
+    crlf = content.count(b"\r\n")
+    if content.count(b"\n") == crlf and content.count(b"\r") == crlf:
+        return content
+    return _LINE_ENDINGS.sub(b"\r\n", content)
 
 
 def _address_problem(address: str, smtputf8: bool) -> str | None:
@@ -358,158 +326,3 @@ def _log_decision(
             "reply": reply,
         },
     )
-
-
-class ProxyServer(SMTP):
-    """One client connection: aiosmtpd's protocol with greygeo's guard rails."""
-
-    _command_names: ClassVar[list[str] | None] = None
-
-    def __dir__(self) -> list[str]:
-        """Only the command methods.
-
-        aiosmtpd scans ``dir()`` of the protocol on every new connection to
-        find its ``smtp_*`` and ``auth_*`` methods, evaluating every
-        attribute on the way; that scan cost about a millisecond per
-        connection. The names are those of the class, so they are listed
-        once.
-        """
-        cls = type(self)
-        if cls._command_names is None:
-            cls._command_names = [
-                name for name in dir(cls) if name.startswith(("smtp_", "auth_"))
-            ]
-        return cls._command_names
-
-    def __init__(self, handler: ProxyHandler, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self.handler = handler
-        self.session_id = secrets.token_hex(5)
-        self.transactions = 0
-        self._greeted = False  # the greeting carries no status code
-        self._raw_replies = False  # nor do the replies to HELO and EHLO
-        self._country: str | None = None
-        self.client: Address = plain_address("0.0.0.0")
-        self.client_port = 0
-
-    # -- per-connection facts --------------------------------------------
-
-    def country(self, countries: CountryLookup) -> str:
-        if self._country is None:
-            self._country = countries.country(self.client) or UNKNOWN_COUNTRY
-        return self._country
-
-    def client_info(self, session: Session) -> ClientInfo:
-        assert self.transport is not None
-        local = self.transport.get_extra_info("sockname")
-        return ClientInfo(
-            address=self.client,
-            port=self.client_port,
-            helo=session.host_name or "",
-            esmtp=bool(session.extended_smtp),
-            local_address=plain_address(local[0]),
-            local_port=int(local[1]),
-        )
-
-    # -- aiosmtpd life cycle ------------------------------------------------
-
-    def _create_envelope(self) -> Transaction:
-        return Transaction()
-
-    def _set_post_data_state(self) -> None:
-        """A new transaction starts: the old one's backend session ends."""
-        old = self.envelope
-        super()._set_post_data_state()  # type: ignore[no-untyped-call]
-        if isinstance(old, Transaction) and old.relay is not None:
-            self.handler.release(old.relay)
-            old.relay = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self not in self.handler.sessions:  # not again after STARTTLS
-            self.handler.sessions.add(self)
-            peer = transport.get_extra_info("peername")
-            self.client, self.client_port = plain_address(peer[0]), int(peer[1])
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self.handler.sessions.discard(self)
-        envelope = self.envelope
-        if isinstance(envelope, Transaction) and envelope.relay is not None:
-            self.handler.release(envelope.relay)
-            envelope.relay = None
-        super().connection_lost(error)
-
-    @property
-    def in_transaction(self) -> bool:
-        """True between MAIL and the end of data (or RSET)."""
-        return self.envelope is not None and self.envelope.mail_from is not None
-
-    def say_goodbye(self) -> None:
-        """Close the session with 421, as on shutdown (RFC 5321 3.8)."""
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(
-                f"421 4.3.2 {self.hostname} Service shutting down\r\n".encode()
-            )
-            transport.close()
-
-    def _timeout_cb(self) -> None:
-        """Tell an idle client why it is dropped (RFC 5321 4.5.3.2)."""
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(
-                f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode()
-            )
-        super()._timeout_cb()  # type: ignore[no-untyped-call]
-
-    async def push(self, status: str | bytes) -> None:
-        text = status.decode() if isinstance(status, bytes) else status
-        if not self._greeted:
-            self._greeted = True
-        elif not self._raw_replies:
-            text = _with_status(text)
-        await super().push(text)
-        if text.startswith("421") and self.transport is not None:
-            # RFC 5321 3.8: close after a 421, and read nothing more.
-            self.transport.close()
-            if self._handler_coroutine is not None:
-                self._handler_coroutine.cancel()
-
-    # -- commands greygeo treats differently from aiosmtpd ------------------
-
-    @syntax("EHLO hostname")
-    async def smtp_EHLO(self, hostname: str) -> None:
-        if hostname and not _HELO_NAME.match(hostname):
-            await self.push("501 5.5.4 Syntax: EHLO hostname")
-            return
-        self._raw_replies = True
-        try:
-            await super().smtp_EHLO(hostname)
-        finally:
-            self._raw_replies = False
-
-    @syntax("HELO hostname")
-    async def smtp_HELO(self, hostname: str) -> None:
-        if hostname and not _HELO_NAME.match(hostname):
-            await self.push("501 5.5.4 Syntax: HELO hostname")
-            return
-        self._raw_replies = True
-        try:
-            await super().smtp_HELO(hostname)
-        finally:
-            self._raw_replies = False
-
-    async def smtp_AUTH(self, arg: str) -> None:
-        await self.push("503 5.5.1 Error: authentication not enabled")
-
-
-def _with_status(reply: str) -> str:
-    """Add an enhanced status code to a reply that lacks one."""
-    if _HAS_STATUS.match(reply) or len(reply) < 3 or not reply[:3].isdigit():
-        return reply
-    code = int(reply[:3])
-    if code == 354 or code // 100 not in (2, 4, 5):
-        return reply
-    status = _DEFAULT_STATUS.get(code, f"{code // 100}.0.0")
-    rest = reply[4:]
-    return f"{code} {status} {rest}".rstrip()

@@ -1,6 +1,9 @@
 """The SQLite store: created, migrated in order, recorded, idempotent."""
 
 import sqlite3
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -70,3 +73,30 @@ async def test_an_unwritable_folder_is_a_store_error(tmp_path: Path):
     blocker.write_text("")
     with pytest.raises(StoreError, match="cannot open store"):
         await Store.open(blocker / "g.sqlite3")
+
+
+def test_the_wheel_ships_the_migrations(tmp_path: Path):
+    """Installed from a wheel, greygeo finds its migrations inside the package."""
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("greygeo-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {
+        f"greygeo/migrations/{m.version:04d}_{m.name}.sql" for m in load_migrations()
+    }
+    assert shipped <= names
