@@ -6,6 +6,7 @@ file is loaded; an unknown key, a wrong type or a bad value is a
 broken file never starts a daemon that fails later.
 """
 
+import re
 import socket
 import tomllib
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from greygeo.rules.rule import Action, Limit, LimitKey, Rule
 from greygeo.units import parse_duration, parse_rate, parse_size
 
 T = TypeVar("T")
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 DEFAULT_TEMPFAIL = "421 4.7.0 Please Try Again Later."
 DEFAULT_REJECT = "550 5.7.1 Message refused"
@@ -47,6 +50,7 @@ class ProxyConfig:
     hostname: str = field(default_factory=socket.getfqdn)
     max_message_size: int = 25 * 1024 * 1024
     max_recipients: int = 100
+    max_errors: int = 20
     timeout: float = 300.0
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -129,7 +133,7 @@ class _Table:
         value = self.data.pop(key)
         try:
             return convert(value)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, OverflowError) as error:
             raise self.error(key, str(error)) from error
 
     def table(self, key: str) -> "_Table":
@@ -188,7 +192,7 @@ def load_config(path: str | Path) -> Config:
             data = tomllib.load(file)
     except OSError as error:
         raise ConfigError(f"{source}: cannot read: {error.strerror}") from error
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{source}: not valid TOML: {error}") from error
 
     root = _Table(data, "", source)
@@ -218,10 +222,17 @@ def _proxy(table: _Table) -> ProxyConfig:
             "max_message_size", base.max_message_size, parse_size
         ),
         max_recipients=table.take("max_recipients", base.max_recipients, _positive_int),
+        max_errors=table.take("max_errors", base.max_errors, _positive_int),
         timeout=table.take("timeout", base.timeout, parse_duration),
         tls_cert=table.take("tls_cert", None, lambda v: Path(_string(v))),
         tls_key=table.take("tls_key", None, lambda v: Path(_string(v))),
     )
+    if not _HOSTNAME.match(proxy.hostname):
+        raise table.error("hostname", f"not a host name: {proxy.hostname!r}")
+    if proxy.timeout <= 0:
+        raise table.error("timeout", "must be longer than 0s")
+    if proxy.max_message_size <= 0:
+        raise table.error("max_message_size", "must be larger than 0")
     if (proxy.tls_cert is None) != (proxy.tls_key is None):
         raise table.error("tls_cert", "tls_cert and tls_key go together")
     table.finish()
@@ -251,6 +262,9 @@ def _backend(table: _Table) -> BackendConfig:
         ),
         timeout=table.take("timeout", base.timeout, parse_duration),
     )
+    for key in ("connect_timeout", "timeout"):
+        if getattr(backend, key) <= 0:
+            raise table.error(key, "must be longer than 0s")
     table.finish()
     return backend
 
@@ -360,6 +374,8 @@ def _rule(table: _Table) -> Rule:
     if not name:
         raise table.error("name", "every rule needs a name")
     table.where = f"rules.{name}"
+    if "action" not in table.data:
+        raise table.error("action", f"every rule needs one of {', '.join(Action)}")
     action = Action(table.take("action", "", _one_of(*Action)))
 
     found = [table.take(key, None, convert) for key, convert in _CONDITIONS.items()]

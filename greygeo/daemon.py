@@ -13,6 +13,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -119,6 +120,8 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
 
 async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Daemon:
     """Open every part, bind every listener, and log the summary line."""
+    # What can fail without leaving anything open comes first.
+    context = tls_context(config)
     try:
         countries = CountryLookup(config.geoip.database)
         store = await Store.open(config.store.path, config.store.lock_timeout)
@@ -142,7 +145,6 @@ async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Da
         on_error=config.store.on_error,
     )
     daemon = Daemon(config, handler, store, countries, clock)
-    context = tls_context(config)
 
     def session() -> ProxyServer:
         return ProxyServer(
@@ -153,9 +155,11 @@ async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Da
             enable_SMTPUTF8=True,
             tls_context=context,
             timeout=config.proxy.timeout,
+            max_errors=config.proxy.max_errors,
         )
 
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_tls_errors)
     for endpoint in config.proxy.listen:
         try:
             server = await loop.create_server(
@@ -169,6 +173,16 @@ async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Da
     daemon.schedule_purge()
     _log_summary(daemon, backend, context is not None)
     return daemon
+
+
+def _quiet_tls_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A client's broken TLS is one INFO line, not an ERROR with a traceback;
+    everything else goes to asyncio's own handler."""
+    error = context.get("exception")
+    if isinstance(error, ssl.SSLError | ConnectionResetError):
+        log.info("tls failed error=%r", error)
+        return
+    loop.default_exception_handler(context)
 
 
 def _log_summary(daemon: Daemon, backend: Backend, tls: bool) -> None:

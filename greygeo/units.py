@@ -8,6 +8,7 @@ unit suffix. Errors are ``ValueError`` with a message meant for the admin.
 import re
 from dataclasses import dataclass
 
+_LONGEST = 10 * 365 * 86400
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
@@ -18,14 +19,17 @@ _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$", re.IGNORECASE)
 def parse_duration(text: str | int | float) -> float:
     """Return seconds for ``300s``, ``5m``, ``35d``; a bare number is seconds."""
     if isinstance(text, int | float) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError(f"duration must not be negative: {text!r}")
+        if not 0 <= text < _LONGEST:
+            raise ValueError(f"duration out of range (0 to ten years): {text!r}")
         return float(text)
     match = _DURATION.match(str(text))
     if not match:
         raise ValueError(f"not a duration (use 300s, 5m, 2h, 35d): {text!r}")
     number, unit = match.groups()
-    return float(number) * _DURATION_UNITS[unit.lower() or "s"]
+    seconds = float(number) * _DURATION_UNITS[unit.lower() or "s"]
+    if not seconds < _LONGEST:
+        raise ValueError(f"duration longer than ten years: {text!r}")
+    return seconds
 
 
 def parse_size(text: str | int) -> int:
@@ -66,6 +70,8 @@ def parse_rate(text: str) -> Rate:
     if int(count) == 0:
         raise ValueError(f"rate must allow at least one event: {text!r}")
     period = int(multiple or "1") * _DURATION_UNITS[unit.lower()]
+    if period >= _LONGEST or int(count) > 10**9:
+        raise ValueError(f"rate out of range: {text!r}")
     if period == 0:
         raise ValueError(f"rate period must not be zero: {text!r}")
     return Rate(int(count), float(period))

@@ -18,8 +18,8 @@ class ScriptedBackend:
     """An SMTP server answering from a script.
 
     ``script`` maps a command word (``RCPT``, ``DATA``, ``.`` for the end
-    of data) to a reply line, or to ``"drop"`` (close the connection) or
-    ``"hang"`` (never answer).
+    of data), or ``WORD#n`` for its n-th use in a connection, to a reply,
+    or to ``"drop"`` (close the connection) or ``"hang"`` (never answer).
     """
 
     def __init__(self, script: dict[str, str] | None = None) -> None:
@@ -51,9 +51,9 @@ class ScriptedBackend:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _answer(self, wfile, word: str, default: str) -> bool:
+    def _answer(self, wfile, word: str, default: str, nth: int = 0) -> bool:
         """Send the scripted reply; False when the connection must end."""
-        action = self.script.get(word, default)
+        action = self.script.get(f"{word}#{nth}", self.script.get(word, default))
         if action == "drop":
             return False
         if action == "hang":
@@ -65,9 +65,11 @@ class ScriptedBackend:
     def _serve(self, rfile, wfile) -> None:
         if not self._answer(wfile, "CONNECT", "220 backend.test ESMTP"):
             return
+        seen: dict[str, int] = {}
         for raw in rfile:
             line = raw.decode(errors="replace").rstrip("\r\n")
             word = line.split(" ", 1)[0].upper()
+            seen[word] = seen.get(word, 0) + 1
             self.commands.append(line)
             if word == "EHLO":
                 wfile.write(b"250-backend.test\r\n250 8BITMIME\r\n")
@@ -90,7 +92,7 @@ class ScriptedBackend:
                     return
                 continue
             default = "250 2.1.5 Ok" if word == "RCPT" else "250 2.0.0 Ok"
-            if not self._answer(wfile, word, default):
+            if not self._answer(wfile, word, default, seen[word]):
                 return
 
 

@@ -171,3 +171,47 @@ def test_serve_with_an_unusable_geoip_file_exits_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("greygeo: cannot open GeoIP database")
     assert "Traceback" not in result.stderr
+
+
+def test_serve_with_a_bad_tls_key_exits_2_and_does_not_hang(tmp_path):
+    path = tmp_path / "greygeo.toml"
+    path.write_text(
+        f'[proxy]\ntls_cert = "{tmp_path}/none.pem"\ntls_key = "{tmp_path}/none.pem"\n'
+        f'[backend]\naddress = "maildir:{tmp_path / "mail"}"\n'
+        f'[store]\npath = "{tmp_path / "s.sqlite3"}"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "greygeo", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("greygeo: cannot load TLS certificate")
+
+
+def test_serve_accepts_an_empty_existing_maildir_folder(tmp_path):
+    """An admin who made the folder first still gets deliveries; a file in
+    its place stops start-up with a clear error."""
+    (tmp_path / "mail").mkdir()
+    (tmp_path / "afile").write_text("")
+    for target, code in (("mail", None), ("afile", 2)):
+        path = tmp_path / "greygeo.toml"
+        path.write_text(
+            f'[proxy]\nlisten = ["127.0.0.1:{free_port()}"]\n'
+            f'[backend]\naddress = "maildir:{tmp_path / target}"\n'
+            f'[store]\npath = "{tmp_path / "s.sqlite3"}"\n'
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "greygeo", "serve", "--config", str(path)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            returncode = process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            returncode = None
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        assert returncode == code
+    assert {p.name for p in (tmp_path / "mail").iterdir()} == {"tmp", "new", "cur"}

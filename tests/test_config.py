@@ -130,6 +130,35 @@ def test_shipped_configs_load():
             "rules[1].name: duplicate 'A'",
         ),
         ("[proxy\n", "not valid TOML"),
+        ('[[rules]]\nname = "A"', "rules.A.action: every rule needs one of accept"),
+        (
+            '[[rules]]\nname = "A"\naction = "limit"\nkey = "helo"\nrate = "1/'
+            + "9" * 300
+            + 'd"',
+            "rules.A.rate: rate out of range",
+        ),
+        ("[proxy]\ntimeout = 0", "proxy.timeout: must be longer than 0s"),
+        ('[proxy]\ntimeout = "0s"', "proxy.timeout: must be longer than 0s"),
+        ("[proxy]\ntimeout = nan", "proxy.timeout: duration out of range"),
+        ('[proxy]\nhostname = "mx.test\\r\\n554 x"', "proxy.hostname: not a host name"),
+        ("[proxy]\nmax_message_size = 0", "max_message_size: must be larger than 0"),
+        ('[backend]\ntimeout = "0s"', "backend.timeout: must be longer than 0s"),
+        (
+            '[greylist]\nreply = "550 5.7.1 No"',
+            "greylist.reply: reply code must be 4xx",
+        ),
+        (
+            '[greylist]\ndelay = "3d"',
+            "greylist.retry_window: must be longer than delay",
+        ),
+        (
+            "[greylist]\nipv4_prefix = 33",
+            "greylist.ipv4_prefix: must be a prefix length",
+        ),
+        (
+            '[store]\non_error = "ignore"',
+            "store.on_error: must be one of tempfail, accept",
+        ),
     ],
 )
 def test_bad_values_name_the_file_and_the_key(tmp_path, text, message):
@@ -141,3 +170,10 @@ def test_bad_values_name_the_file_and_the_key(tmp_path, text, message):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read: No such file"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_a_file_that_is_not_utf8_is_a_clear_error(tmp_path):
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)

@@ -136,7 +136,8 @@ class SmtpBackend:
         except BackendError:
             smtp.close()
             raise
-        except (aiosmtplib.SMTPException, OSError) as error:
+        except (aiosmtplib.SMTPException, OSError, ValueError) as error:
+            # ValueError: aiosmtplib refuses control characters in a command.
             smtp.close()
             raise BackendError(f"MAIL failed: {error}", BROKEN) from error
 
@@ -224,7 +225,7 @@ class SmtpRelay:
                 b"TO:<" + address.encode(self.encoding, "surrogateescape") + b">",
                 *(option.encode("ascii") for option in options),
             )
-        except (aiosmtplib.SMTPException, OSError) as error:
+        except (aiosmtplib.SMTPException, OSError, ValueError) as error:
             raise BackendError(f"RCPT failed: {error}", BROKEN) from error
         return Answer.from_backend(response.code, response.message)
 

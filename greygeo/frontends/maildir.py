@@ -8,12 +8,15 @@ blocks the event loop.
 
 import asyncio
 import email.utils
+import logging
 import mailbox
 import os
 from pathlib import Path
 
-from greygeo.frontends.backend import Answer, Relay
+from greygeo.frontends.backend import Answer, BackendError, Relay
 from greygeo.frontends.client_identity import ClientInfo
+
+log = logging.getLogger(__name__)
 
 WRITE_FAILED = Answer(451, "4.3.0 Local delivery failed, try again later")
 
@@ -25,8 +28,15 @@ class MaildirBackend:
         self.description = f"maildir:{path}"
 
     async def probe(self) -> None:
-        """Create the Maildir now, so that a bad path fails at start."""
-        await asyncio.to_thread(mailbox.Maildir, self.path, create=True)
+        """Create the Maildir (or the folders an empty one lacks) now, so
+        that a bad path fails at start."""
+        try:
+            for folder in ("tmp", "new", "cur"):
+                (self.path / folder).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise BackendError(
+                f"cannot use {self.path} as a Maildir: {error}", WRITE_FAILED
+            ) from error
 
     async def open(
         self, client: ClientInfo, sender: str, options: list[str]
@@ -50,7 +60,10 @@ class MaildirRelay:
         message = self._trace_headers() + content
         try:
             key = await asyncio.to_thread(self._deliver, message)
-        except OSError:
+        except OSError as error:
+            log.warning(
+                "maildir delivery failed path=%s error=%s", self.backend.path, error
+            )
             return WRITE_FAILED
         return Answer(250, f"2.0.0 Ok: delivered as {key}")
 

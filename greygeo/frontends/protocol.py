@@ -63,6 +63,10 @@ class Transaction(Envelope):
         self.id = ""
         self.relay: Relay | None = None
         self.greylist_delay: float | None = None
+        self.broken = False
+        self.attempts = 0
+        """RCPT commands in this transaction, refused ones too."""
+        """The backend session failed after accepting recipients."""
 
     @property
     def sender(self) -> str:
@@ -91,9 +95,13 @@ class ProxyServer(SMTP):
             ]
         return cls._command_names
 
-    def __init__(self, handler: "ProxyHandler", **kwargs: Any) -> None:
+    def __init__(
+        self, handler: "ProxyHandler", *, max_errors: int = 20, **kwargs: Any
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.handler = handler
+        self.max_errors = max_errors
+        self.errors = 0
         self.session_id = secrets.token_hex(5)
         self.transactions = 0
         self._greeted = False  # the greeting carries no status code
@@ -142,6 +150,8 @@ class ProxyServer(SMTP):
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self not in self.handler.sessions:
+            return  # already ended (see _timeout_cb)
         self.handler.sessions.discard(self)
         envelope = self.envelope
         if isinstance(envelope, Transaction) and envelope.relay is not None:
@@ -163,8 +173,24 @@ class ProxyServer(SMTP):
             )
             transport.close()
 
+    @property
+    def _in_tls_handshake(self) -> bool:
+        return self._tls_protocol is not None and (
+            self.session is None or self.session.ssl is None
+        )
+
     def _timeout_cb(self) -> None:
-        """Tell an idle client why it is dropped (RFC 5321 4.5.3.2)."""
+        """Tell an idle client why it is dropped (RFC 5321 4.5.3.2).
+
+        A client that stalls inside the TLS handshake has no session to talk
+        to: its socket is closed under the TLS layer and the session ends."""
+        raw = self._original_transport
+        if self._in_tls_handshake and isinstance(raw, asyncio.Transport):
+            raw.abort()
+            # The TLS layer does not always report the loss while it waits
+            # for the rest of a handshake record: end the session here.
+            self.connection_lost(None)
+            return
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
             transport.write(
@@ -179,6 +205,13 @@ class ProxyServer(SMTP):
         elif not self._raw_replies:
             text = _with_status(text)
         await super().push(text)
+        if _is_error(text) and not text.startswith("421"):
+            self.errors += 1
+            if self.errors >= self.max_errors:
+                # Like Postfix's smtpd_hard_error_limit: a client that keeps
+                # failing is probing or broken; stop spending work on it.
+                text = f"421 4.7.0 {self.hostname} Error: too many errors"
+                await super().push(text)
         if text.startswith("421") and self.transport is not None:
             # RFC 5321 3.8: close after a 421, and read nothing more.
             self.transport.close()
@@ -212,14 +245,31 @@ class ProxyServer(SMTP):
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push("503 5.5.1 Error: authentication not enabled")
 
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:
+            await self.push("503 5.5.1 Error: TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
+
+def _is_error(reply: str) -> bool:
+    """A permanent error, or a 452 for too many recipients."""
+    return reply[:1] == "5" or reply.startswith("452 4.5.3")
+
 
 def _with_status(reply: str) -> str:
-    """Add an enhanced status code to a reply that lacks one."""
-    if _HAS_STATUS.match(reply) or len(reply) < 3 or not reply[:3].isdigit():
-        return reply
-    code = int(reply[:3])
+    """Add an enhanced status code to each line of a reply that lacks one,
+    keeping the ``-`` of continuation lines."""
+    return "\r\n".join(_line_with_status(line) for line in reply.split("\r\n"))
+
+
+def _line_with_status(line: str) -> str:
+    if _HAS_STATUS.match(line) or len(line) < 3 or not line[:3].isdigit():
+        return line
+    code = int(line[:3])
     if code == 354 or code // 100 not in (2, 4, 5):
-        return reply
+        return line
     status = _DEFAULT_STATUS.get(code, f"{code // 100}.0.0")
-    rest = reply[4:]
-    return f"{code} {status} {rest}".rstrip()
+    separator = "-" if line[3:4] == "-" else " "
+    return f"{code}{separator}{status} {line[4:]}".rstrip()

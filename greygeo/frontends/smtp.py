@@ -27,9 +27,9 @@ import logging
 import re
 from collections.abc import Callable
 
-from aiosmtpd.smtp import Session
+from aiosmtpd.smtp import Session, TLSSetupException
 
-from greygeo.frontends.backend import Answer, Backend, BackendError, Relay
+from greygeo.frontends.backend import BROKEN, Answer, Backend, BackendError, Relay
 from greygeo.frontends.protocol import ProxyServer, Transaction
 from greygeo.lookups.geoip import CountryLookup
 from greygeo.rules.engine import Decision, Policy, State, Verdict, decide
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # The enhanced status code for aiosmtpd's own replies that carry none.
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 INTERNAL_ERROR = "421 4.3.0 Internal error, closing connection; try again later"
 STORE_FAILED = parse_reply("451 4.3.0 Temporary local problem, try again later")
@@ -134,7 +135,13 @@ class ProxyHandler:
         problem = _address_problem(address, envelope.smtp_utf8)
         if problem:
             return problem
-        if len(envelope.rcpt_tos) >= self.max_recipients:
+        if address == "<>":
+            return "553 5.1.3 Error: the null address is no recipient"
+        envelope.attempts += 1
+        if (
+            len(envelope.rcpt_tos) >= self.max_recipients
+            or envelope.attempts > 2 * self.max_recipients
+        ):
             return "452 4.5.3 Error: too many recipients"
 
         facts = Facts(
@@ -191,7 +198,13 @@ class ProxyHandler:
         address: str,
         options: list[str],
     ) -> Answer:
-        """Open the backend session if needed, then pass the RCPT on."""
+        """Open the backend session if needed, then pass the RCPT on.
+
+        Once the backend session of a transaction has failed, every later
+        RCPT and the DATA get 4xx: a new backend session would not carry
+        the recipients already accepted, and their mail would be lost."""
+        if envelope.broken:
+            return BROKEN
         try:
             if envelope.relay is None:
                 relay, answer = await self.backend.open(
@@ -213,7 +226,7 @@ class ProxyHandler:
             if envelope.relay is not None:
                 self.release(envelope.relay)
                 envelope.relay = None
-                envelope.rcpt_tos.clear()
+                envelope.broken = True
             return error.answer
 
     async def handle_DATA(
@@ -281,7 +294,13 @@ class ProxyHandler:
         return "502 5.5.1 VRFY command is disabled"
 
     async def handle_exception(self, error: Exception) -> str:
-        """The one catch-all: log the failure, close the session cleanly."""
+        """The one catch-all: log the failure, close the session cleanly.
+
+        A failed TLS handshake is the client's problem, not greygeo's: one
+        INFO line, and aiosmtpd closes the connection."""
+        if isinstance(error, TLSSetupException):
+            log.info("tls handshake failed error=%r", error.__cause__ or error)
+            return INTERNAL_ERROR
         log.error("session failed, closing it error=%r", error, exc_info=error)
         return INTERNAL_ERROR
 
@@ -301,6 +320,8 @@ def _address_problem(address: str, smtputf8: bool) -> str | None:
         address.encode("utf-8")
     except UnicodeEncodeError:
         return "553 5.1.3 Error: malformed address"
+    if _CONTROL.search(address):
+        return "553 5.1.3 Error: control character in address"
     if not smtputf8 and not address.isascii():
         return "553 5.6.7 Error: non-ASCII address needs SMTPUTF8"
     return None

@@ -19,6 +19,9 @@ from greygeo.rules.facts import UNKNOWN_COUNTRY, Address, plain_address
 
 log = logging.getLogger(__name__)
 
+# Database types whose records carry country.iso_code.
+_COUNTRY_KINDS = ("Country", "City", "Enterprise")
+
 
 class GeoipError(Exception):
     """The database file cannot be used."""
@@ -38,7 +41,13 @@ class CountryLookup:
         except (OSError, ValueError, maxminddb.InvalidDatabaseError) as error:
             raise GeoipError(f"cannot open GeoIP database {path}: {error}") from error
         database_type = self._reader.metadata().database_type
-        self._city = "City" in database_type
+        if not any(kind in database_type for kind in _COUNTRY_KINDS):
+            self._reader.close()
+            raise GeoipError(
+                f"GeoIP database {path} is of type {database_type}; greygeo "
+                "needs a Country or City database"
+            )
+        self._city = "City" in database_type or "Enterprise" in database_type
 
     @property
     def built(self) -> datetime | None:
@@ -59,7 +68,7 @@ class CountryLookup:
                 code = self._reader.country(address).country.iso_code
         except geoip2.errors.AddressNotFoundError:
             return UNKNOWN_COUNTRY
-        except (ValueError, maxminddb.InvalidDatabaseError) as error:
+        except (ValueError, TypeError, maxminddb.InvalidDatabaseError) as error:
             log.warning("geoip lookup failed client=%s error=%s", address, error)
             return UNKNOWN_COUNTRY
         return code or UNKNOWN_COUNTRY

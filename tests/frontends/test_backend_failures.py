@@ -141,3 +141,59 @@ def test_proxy_header_tells_the_backend_the_real_client(tmp_path, geoip_db, vers
     assert str(proxy_data.src_addr) == JP_CLIENT
     assert proxy_data.version == (1 if version == "proxy-v1" else 2)
     assert str(proxy_data.dst_addr) == "127.0.0.1"
+
+
+def test_backend_lost_after_a_recipient_makes_the_whole_transaction_4xx(
+    tmp_path, geoip_db
+):
+    """The first recipient was accepted; when the backend drops at the
+    second, DATA must get 4xx (not 5xx, which would bounce the first)."""
+    with (
+        ScriptedBackend({"RCPT#2": "drop"}) as backend,
+        proxy_to(tmp_path, geoip_db, backend.address) as proxy,
+    ):
+        raw = proxy.raw(JP_CLIENT)
+        raw.command("EHLO client.test")
+        raw.command("MAIL FROM:<a@sender.test>")
+        assert raw.command("RCPT TO:<u1@example.com>").startswith("250")
+        assert raw.command("RCPT TO:<u2@example.com>").startswith("451 4.4.2")
+        assert raw.command("RCPT TO:<u3@example.com>").startswith("451 4.4.2")
+        assert raw.command("DATA").startswith("354")
+        raw.send(MESSAGE + b".\r\n")
+        assert raw.reply().startswith("451 4.4.2")
+    assert backend.messages == []
+
+
+def test_multi_line_backend_replies_keep_the_order(tmp_path, geoip_db):
+    """An Exim-style two-line 550 without status codes gets them line by
+    line, and every pipelined command still gets exactly its own reply."""
+    script = {"RCPT": "550-No such user here\r\n550 see http://help.test/"}
+    with (
+        ScriptedBackend(script) as backend,
+        proxy_to(tmp_path, geoip_db, backend.address) as proxy,
+    ):
+        raw = proxy.raw(JP_CLIENT)
+        raw.command("EHLO client.test")
+        raw.send(
+            b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<u1@example.com>\r\n"
+            b"RCPT TO:<u2@example.com>\r\nNOOP\r\n"
+        )
+        assert raw.reply() == "250 2.1.0 Ok"
+        for _ in range(2):
+            assert raw.reply() == (
+                "550-5.0.0 No such user here\n550 5.0.0 see http://help.test/"
+            )
+        assert raw.reply() == "250 2.0.0 Ok"
+
+
+def test_control_character_in_address_is_refused_and_leaks_nothing(tmp_path, geoip_db):
+    with (
+        ScriptedBackend() as backend,
+        proxy_to(tmp_path, geoip_db, backend.address) as proxy,
+    ):
+        raw = proxy.raw(JP_CLIENT)
+        raw.command("EHLO client.test")
+        assert raw.command("MAIL FROM:<a\x01b@c.test>").startswith("553 5.1.3")
+        assert raw.command("MAIL FROM:<a@c.test>").startswith("250")
+        assert raw.command("RCPT TO:<x\x7fy@example.com>").startswith("553 5.1.3")
+    assert not any(c.startswith("MAIL") for c in backend.commands)

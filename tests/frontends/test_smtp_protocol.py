@@ -5,6 +5,8 @@ a broken or hostile client sends. The backend is the built-in Maildir, so
 what was delivered can be read back.
 """
 
+import asyncio
+import logging
 import mailbox
 import smtplib
 import ssl
@@ -265,3 +267,59 @@ def test_ipv6_listener_and_client(tmp_path, geoip_db, maildir):
         client.ehlo("localhost")
         client.sendmail("a@sender.test", ["bar@example.com"], b"Subject: 6\r\n\r\n.")
     assert b"([::1])" in delivered(maildir)[0]
+
+
+def test_broken_tls_handshake_is_one_info_line_and_no_leak(
+    tmp_path, geoip_db, maildir, certificate, caplog
+):
+    """Clear text after STARTTLS, a stalled handshake, and STARTTLS twice:
+    no ERROR, no traceback, and no session left behind."""
+    authority, folder = certificate
+    keys = (
+        f'tls_cert = "{folder}/cert.pem"\ntls_key = "{folder}/key.pem"\ntimeout = "1s"'
+    )
+    caplog.set_level("INFO")
+    with start_proxy(tmp_path, geoip_db, maildir, proxy=keys) as proxy:
+        garbage = proxy.raw(JP_CLIENT)
+        garbage.command("EHLO client.test")
+        assert garbage.command("STARTTLS").startswith("220")
+        garbage.send(b"this is not a TLS record\r\n" * 10)
+        assert garbage.closed()
+
+        stalled = proxy.raw(JP_CLIENT)
+        stalled.command("EHLO client.test")
+        stalled.command("STARTTLS")
+        stalled.send(b"\x16\x03\x01\x00")
+        assert stalled.closed()  # after the 1 s idle timeout
+
+        twice = proxy.raw(JP_CLIENT)
+        twice.command("EHLO client.test")
+        twice.command("STARTTLS")
+        context = ssl.create_default_context()
+        authority.configure_trust(context)
+        tls = context.wrap_socket(twice.sock, server_hostname="mx.example.jp")
+        tls.sendall(b"STARTTLS\r\n")
+        assert tls.recv(4096).startswith(b"503 5.5.1")
+        tls.close()
+
+        proxy.run(asyncio.sleep(0.2))
+        assert proxy.daemon.handler.sessions == set()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_too_many_errors_close_the_session(proxy):
+    raw = proxy.raw(JP_CLIENT)
+    raw.command("EHLO client.test")
+    for _ in range(19):
+        assert raw.command("MAIL FROM:<@@>").startswith("5")
+    assert raw.command("MAIL FROM:<@@>").startswith("5")
+    assert raw.reply() == "421 4.7.0 mx.example.jp Error: too many errors"
+    assert raw.closed()
+
+
+def test_null_recipient_is_refused(proxy):
+    raw = proxy.raw(JP_CLIENT)
+    raw.command("EHLO client.test")
+    raw.command("MAIL FROM:<a@sender.test>")
+    assert raw.command("RCPT TO:<>").startswith("553 5.1.3")

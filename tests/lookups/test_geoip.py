@@ -39,3 +39,16 @@ def test_unusable_file_is_a_geoip_error(tmp_path, content):
         path.write_bytes(content)
     with pytest.raises(GeoipError, match="cannot open GeoIP database"):
         CountryLookup(path)
+
+
+def test_a_database_without_countries_is_refused(tmp_path):
+    """An ASN database would fail on every lookup: refuse it at start."""
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=4, database_type="GeoLite2-ASN")
+    writer.insert_network(IPSet(["192.0.2.0/24"]), {"autonomous_system_number": 1})
+    path = tmp_path / "asn.mmdb"
+    writer.to_db_file(str(path))
+    with pytest.raises(GeoipError, match="of type GeoLite2-ASN; greygeo needs"):
+        CountryLookup(path)
