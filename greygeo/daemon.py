@@ -92,6 +92,7 @@ class Daemon:
             await asyncio.sleep(0.1)
         for session in list(self.handler.sessions):
             session.say_goodbye()
+        self.handler.sessions.clear()
         await self.store.close()
         self.countries.close()
         self.stopping.set()
@@ -217,6 +218,12 @@ async def serve(config: Config) -> None:
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
+    # TODO: re-read the configuration on SIGHUP. Until then a HUP must not
+    # kill the daemon (the default action), as a log rotation may send one.
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: log.warning("SIGHUP ignored: restart greygeo to apply a new config"),
+    )
     await stop_requested.wait()
     log.info("stopping sessions=%d", len(daemon.handler.sessions))
     await daemon.stop()

@@ -6,7 +6,7 @@ unit suffix. Errors are ``ValueError`` with a message meant for the admin.
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _LONGEST = 10 * 365 * 86400
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -51,6 +51,8 @@ class Rate:
 
     count: int
     period: float
+    text: str = field(default="", compare=False)
+    """As written in the configuration, for messages."""
 
     @property
     def interval(self) -> float:
@@ -58,7 +60,7 @@ class Rate:
         return self.period / self.count
 
     def __str__(self) -> str:
-        return f"{self.count}/{self.period:g}s"
+        return self.text or f"{self.count}/{self.period:g}s"
 
 
 def parse_rate(text: str) -> Rate:
@@ -74,4 +76,4 @@ def parse_rate(text: str) -> Rate:
         raise ValueError(f"rate out of range: {text!r}")
     if period == 0:
         raise ValueError(f"rate period must not be zero: {text!r}")
-    return Rate(int(count), float(period))
+    return Rate(int(count), float(period), str(text).strip())

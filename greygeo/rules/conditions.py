@@ -54,7 +54,7 @@ class Matches:
         value = getattr(facts, self.field)
         if self.pattern.search(value):
             return None
-        return f"{self.field} {value!r} does not match {self.pattern.pattern!r}"
+        return f"{self.field} {value!r} does not match '{self.pattern.pattern}'"
 
 
 @dataclass(frozen=True)
