@@ -323,3 +323,27 @@ def test_null_recipient_is_refused(proxy):
     raw.command("EHLO client.test")
     raw.command("MAIL FROM:<a@sender.test>")
     assert raw.command("RCPT TO:<>").startswith("553 5.1.3")
+
+
+def test_large_message_arrives_whole_with_dots_unstuffed(proxy, maildir):
+    """A 3 MB message in many chunks, with lines that start with a dot."""
+    lines = [f".line {n} ".encode() + b"y" * 60 for n in range(40_000)]
+    body = b"\r\n".join(lines) + b"\r\n"
+    with smtplib.SMTP("127.0.0.1", proxy.port, source_address=(JP_CLIENT, 0)) as c:
+        c.ehlo("client.test")
+        c.sendmail("a@sender.test", ["bar@example.com"], b"Subject: big\r\n\r\n" + body)
+    (message,) = delivered(maildir)
+    assert message.endswith(body.replace(b"\r\n", b"\n"))
+
+
+def test_bare_lf_lines_are_lines_for_the_length_check(proxy, maildir):
+    """50 LF-terminated lines, 2 KB in all, are 50 short lines, not one
+    long one."""
+    raw = proxy.raw(JP_CLIENT)
+    raw.command("EHLO client.test")
+    raw.command("MAIL FROM:<a@sender.test>")
+    raw.command("RCPT TO:<bar@example.com>")
+    raw.command("DATA")
+    raw.send(b"Subject: lf\n\n" + b"x" * 40 + (b"\n" + b"x" * 40) * 50 + b"\r\n.\r\n")
+    assert raw.reply().startswith("250")
+    assert delivered(maildir)[0].count(b"x" * 40 + b"\n") == 51
