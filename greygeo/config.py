@@ -11,15 +11,26 @@ import socket
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import time
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import tzlocal
 
 from greygeo.rules import conditions
 from greygeo.rules.engine import Policy
 from greygeo.rules.greylist import GreylistSettings
 from greygeo.rules.reply import Reply, parse_reply
 from greygeo.rules.rule import Action, Limit, LimitKey, Rule
+from greygeo.rules.schedule import (
+    Period,
+    RuleOverride,
+    Schedule,
+    parse_days,
+    parse_hours,
+)
 from greygeo.units import parse_duration, parse_rate, parse_size
 
 T = TypeVar("T")
@@ -96,6 +107,7 @@ class Config:
     geoip: GeoipConfig
     store: StoreConfig
     policy: Policy
+    schedule: Schedule = field(default_factory=lambda: Schedule(_local_zone()))
 
 
 CLIENT_IDENTITIES = ("xclient", "proxy-v1", "proxy-v2", "none")
@@ -196,16 +208,14 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{source}: not valid TOML: {error}") from error
 
     root = _Table(data, "", source)
-    config = Config(
-        source=source,
-        proxy=_proxy(root.table("proxy")),
-        backend=_backend(root.table("backend")),
-        geoip=_geoip(root.table("geoip")),
-        store=_store(root.table("store")),
-        policy=_policy(root, source),
-    )
+    proxy = _proxy(root.table("proxy"))
+    backend = _backend(root.table("backend"))
+    geoip = _geoip(root.table("geoip"))
+    store = _store(root.table("store"))
+    policy = _policy(root, source)
+    schedule = _schedule(root.table("schedule"), policy)
     root.finish()
-    return config
+    return Config(source, proxy, backend, geoip, store, policy, schedule)
 
 
 def _proxy(table: _Table) -> ProxyConfig:
@@ -408,3 +418,86 @@ def _non_negative_int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise TypeError(f"must be a whole number of at least 0, not {value!r}")
     return value
+
+
+def _local_zone() -> ZoneInfo:
+    """The system's zone, or UTC when it has no IANA name."""
+    try:
+        return ZoneInfo(str(tzlocal.get_localzone()))
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def _zone(value: Any) -> ZoneInfo:
+    name = _string(value)
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise ValueError(f"not an IANA time zone: {name!r}") from error
+
+
+def _schedule(table: _Table, policy: Policy) -> Schedule:
+    zone = table.take("timezone", None, _zone) or _local_zone()
+    raw_periods = table.data.pop("periods", [])
+    if not isinstance(raw_periods, list):
+        raise table.error(
+            "periods", "write each period as a [[schedule.periods]] table"
+        )
+    periods = [
+        _period(_Table(raw, f"schedule.periods[{index}]", table.source), policy)
+        for index, raw in enumerate(raw_periods)
+    ]
+    table.finish()
+    return Schedule(zone, tuple(periods))
+
+
+def _period(table: _Table, policy: Policy) -> Period:
+    name = table.take("name", "", _string)
+    if not name:
+        raise table.error("name", "every period needs a name")
+    table.where = f"schedule.periods.{name}"
+    if "hours" not in table.data:
+        raise table.error("hours", "every period needs hours, like 22:00-07:00")
+    start, end = table.take(
+        "hours", (time(0), time(0)), lambda v: parse_hours(_string(v))
+    )
+    days = table.take("days", frozenset(range(7)), lambda v: parse_days(_string(v)))
+
+    rules_table = table.table("rules")
+    by_name = {rule.name: rule for rule in policy.rules}
+    overrides = {}
+    for rule_name in list(rules_table.data):
+        if rule_name not in by_name:
+            raise rules_table.error(rule_name, f"no rule named {rule_name!r}")
+        overrides[rule_name] = _rule_override(
+            rules_table.table(rule_name), by_name[rule_name]
+        )
+    rules_table.finish()
+
+    greylist_table = table.table("greylist")
+    delay = greylist_table.take("delay", None, parse_duration)
+    greylist_table.finish()
+    if delay is not None and delay >= policy.greylist.retry_window:
+        raise greylist_table.error(
+            "delay", "must be shorter than [greylist] retry_window"
+        )
+    table.finish()
+    return Period(name, start, end, days, overrides, delay)
+
+
+def _rule_override(table: _Table, rule: Rule) -> RuleOverride:
+    is_limit = rule.action is Action.LIMIT
+    for key in ("rate", "burst"):
+        if key in table.data and not is_limit:
+            raise table.error(key, f"rule {rule.name} is not a limit rule")
+    if "reply" in table.data and rule.action is Action.ACCEPT:
+        raise table.error("reply", "an accept rule sends no reply")
+    reply_parser = _reject_reply if rule.action is Action.REJECT else _tempfail_reply
+    override = RuleOverride(
+        rate=table.take("rate", None, parse_rate),
+        burst=table.take("burst", None, _non_negative_int),
+        reply=table.take("reply", None, reply_parser),
+        enabled=table.take("enabled", None, _bool),
+    )
+    table.finish()
+    return override
