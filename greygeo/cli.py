@@ -23,6 +23,7 @@ from greygeo.lookups.store import Store, StoreError
 from greygeo.rules import greylist
 from greygeo.rules.engine import Verdict, decide
 from greygeo.rules.facts import Facts, plain_address
+from greygeo.rules.schedule import policy_at
 
 EXIT_ACCEPTED = 0
 EXIT_REFUSED = 1
@@ -52,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--helo", default="", help="HELO/EHLO name")
     check.add_argument("--sender", default="", help="envelope sender (empty: <>)")
     check.add_argument("--recipient", default="", help="envelope recipient")
+    check.add_argument(
+        "--at",
+        help="evaluate as of this time (ISO 8601; without an offset, "
+        "in the schedule's zone), e.g. 2026-12-03T23:30",
+    )
+
+    command("schedule", "list the periods, the one in force and the next switches")
 
     command("migrate", "create or upgrade the store")
 
@@ -97,11 +105,17 @@ async def check(config: Config, args: argparse.Namespace) -> int:
         transaction="check",
     )
     countries.close()
-    now = time.time()
+    try:
+        instant = _instant(args.at, config)
+    except ValueError:
+        print(f"greygeo: --at: not a date and time: {args.at!r}", file=sys.stderr)
+        return EXIT_USAGE
+    now = instant.timestamp()
+    policy, periods = policy_at(config.policy, config.schedule, instant)
     store = await Store.open_read_only(config.store.path)
     try:
-        decision = await decide(config.policy, facts, now, store, commit=False)
-        triplet = await greylist.describe(store, facts, now, config.policy.greylist)
+        decision = await decide(policy, facts, now, store, commit=False)
+        triplet = await greylist.describe(store, facts, now, policy.greylist)
     finally:
         await store.close()
 
@@ -109,7 +123,8 @@ async def check(config: Config, args: argparse.Namespace) -> int:
     print(f"helo       {facts.helo or '(none)'}")
     print(f"sender     <{facts.sender}>")
     print(f"recipient  <{facts.recipient}>")
-    print(f"as of      {datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"as of      {instant.isoformat(timespec='seconds')}")
+    print(f"period     {', '.join(periods) or '(none: base rules)'}")
     print(f"greylist   {triplet}")
     print("rules:")
     width = max((len(step.rule) for step in decision.steps), default=0)
@@ -118,6 +133,38 @@ async def check(config: Config, args: argparse.Namespace) -> int:
     reply = f" reply={decision.reply}" if decision.reply else ""
     print(f"decision: {decision.verdict} rule={decision.rule}{reply}")
     return EXIT_ACCEPTED if decision.verdict is Verdict.ACCEPT else EXIT_REFUSED
+
+
+def _instant(text: str | None, config: Config) -> datetime:
+    """``--at`` as an aware instant; now when not given."""
+    zone = config.schedule.zone
+    if text is None:
+        return datetime.now(zone)
+    instant = datetime.fromisoformat(text)
+    return instant if instant.tzinfo else instant.replace(tzinfo=zone)
+
+
+async def schedule(config: Config, args: argparse.Namespace) -> int:
+    """The periods, which are in force now, and when that changes next."""
+    plan = config.schedule
+    now = datetime.now(plan.zone)
+    print(f"time zone  {plan.zone.key}, now {now.isoformat(timespec='seconds')}")
+    if not plan.periods:
+        print("no periods: the base rules apply at all times")
+        return 0
+    active = {period.name for period in plan.active(now)}
+    print("periods:")
+    for period in plan.periods:
+        mark = "  (in force)" if period.name in active else ""
+        print(f"  {period.name:<16} {period.describe()}{mark}")
+    print("next switches:")
+    for moment in plan.next_switches(now):
+        names = [p.name for p in plan.active(moment)]
+        print(
+            f"  {moment.isoformat(timespec='seconds')}  -> "
+            f"{', '.join(names) or 'base rules'}"
+        )
+    return 0
 
 
 async def migrate(config: Config, args: argparse.Namespace) -> int:
@@ -160,4 +207,10 @@ async def stats(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"check": check, "migrate": migrate, "purge": purge, "stats": stats}
+_COMMANDS = {
+    "check": check,
+    "migrate": migrate,
+    "purge": purge,
+    "stats": stats,
+    "schedule": schedule,
+}

@@ -12,19 +12,22 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from greygeo.config import Config
+from greygeo.config import Config, ConfigError, load_config
 from greygeo.frontends.backend import Backend, BackendError, SmtpBackend
 from greygeo.frontends.maildir import MaildirBackend
 from greygeo.frontends.protocol import ProxyServer
 from greygeo.frontends.smtp import ProxyHandler
 from greygeo.lookups.geoip import CountryLookup, GeoipError
 from greygeo.lookups.store import Store, StoreError
+from greygeo.rules.schedule import changes, policy_at
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ class Daemon:
     clock: Callable[[], float] = time.time
     servers: list[asyncio.Server] = field(default_factory=list)
     scheduler: AsyncIOScheduler | None = None
+    periods: list[str] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -55,8 +59,8 @@ class Daemon:
             sock.getsockname()[:2] for server in self.servers for sock in server.sockets
         ]
 
-    def schedule_purge(self) -> None:
-        """Purge expired state every ``[greylist] purge_every``."""
+    def start_jobs(self) -> None:
+        """Purge every ``purge_every``; switch the schedule's periods."""
         self.scheduler = AsyncIOScheduler()
         self.scheduler.add_job(
             self.purge,
@@ -65,7 +69,89 @@ class Daemon:
             coalesce=True,
             max_instances=1,
         )
+        self._schedule_switches()
         self.scheduler.start()
+
+    def _schedule_switches(self) -> None:
+        """A job at every period boundary, in the schedule's zone, and one a
+        minute as a safety net: switching recomputes the periods from the
+        clock, so a job that fires twice or late changes nothing."""
+        assert self.scheduler is not None
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("switch"):
+                job.remove()
+        schedule = self.config.schedule
+        for n, moment in enumerate(schedule.boundaries()):
+            trigger = CronTrigger(
+                hour=moment.hour,
+                minute=moment.minute,
+                second=moment.second,
+                timezone=schedule.zone,
+            )
+            self.scheduler.add_job(
+                self.switch,
+                trigger,
+                id=f"switch-{n}",
+                coalesce=True,
+                misfire_grace_time=60,
+            )
+        if schedule.periods:
+            self.scheduler.add_job(
+                self.switch,
+                IntervalTrigger(minutes=1),
+                id="switch-check",
+                coalesce=True,
+            )
+
+    def switch(self) -> None:
+        """Put in force the policy of the periods active now."""
+        instant = datetime.fromtimestamp(self.clock(), UTC)
+        policy, names = policy_at(self.config.policy, self.config.schedule, instant)
+        if names == self.periods and policy == self.handler.policy:
+            return
+        log.info(
+            "schedule switch",
+            extra={
+                "from": ",".join(self.periods) or "base",
+                "to": ",".join(names) or "base",
+                "changes": " ".join(changes(self.handler.policy, policy)) or "none",
+            },
+        )
+        self.periods = names
+        self.handler.policy = policy
+
+    def reload(self) -> bool:
+        """Re-read the config file; swap in the new policy and schedule at
+        once, or keep the old ones and say why. Sessions go on."""
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as error:
+            log.warning("reload failed, the old config stays error=%s", error)
+            return False
+        kept = [
+            name
+            for name in ("proxy", "backend", "geoip", "store")
+            if getattr(new, name) != getattr(self.config, name)
+        ]
+        if kept:
+            log.warning(
+                "reload applies rules and schedule only; restart for changes to %s",
+                ", ".join(kept),
+            )
+        self.config = replace(self.config, policy=new.policy, schedule=new.schedule)
+        self.periods = []
+        self.handler.policy = new.policy
+        self.switch()
+        if self.scheduler is not None:
+            self._schedule_switches()
+        log.info(
+            "reloaded",
+            extra={
+                "rules": len(new.policy.rules),
+                "periods": len(new.schedule.periods),
+            },
+        )
+        return True
 
     async def purge(self) -> dict[str, int]:
         """One purge run; a failing store is logged, not raised."""
@@ -171,7 +257,8 @@ async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Da
             raise StartupError(f"cannot listen on {endpoint}: {error}") from error
         daemon.servers.append(server)
 
-    daemon.schedule_purge()
+    daemon.switch()
+    daemon.start_jobs()
     _log_summary(daemon, backend, context is not None)
     return daemon
 
@@ -207,6 +294,8 @@ def _log_summary(daemon: Daemon, backend: Backend, tls: bool) -> None:
             "geoip_built": built.date().isoformat() if built else "none",
             "store": str(config.store.path),
             "starttls": "on" if tls else "off",
+            "schedule": config.schedule.zone.key,
+            "periods": ",".join(daemon.periods) or "base",
         },
     )
 
@@ -218,12 +307,7 @@ async def serve(config: Config) -> None:
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
-    # TODO: re-read the configuration on SIGHUP. Until then a HUP must not
-    # kill the daemon (the default action), as a log rotation may send one.
-    loop.add_signal_handler(
-        signal.SIGHUP,
-        lambda: log.warning("SIGHUP ignored: restart greygeo to apply a new config"),
-    )
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     await stop_requested.wait()
     log.info("stopping sessions=%d", len(daemon.handler.sessions))
     await daemon.stop()

@@ -28,7 +28,8 @@ from greygeo.rules.rule import Rule
 from greygeo.units import Rate
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+_TIME = r"(\d{1,2}):(\d{2})(?::(\d{2}))?"
+_HOURS = re.compile(rf"^\s*{_TIME}\s*-\s*{_TIME}\s*$")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Period:
 
     def describe(self) -> str:
         days = ",".join(DAY_NAMES[d] for d in sorted(self.days))
-        return f"{self.start:%H:%M}-{self.end:%H:%M} {days}"
+        return f"{self.start.isoformat()}-{self.end.isoformat()} {days}"
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,11 @@ def parse_hours(text: str) -> tuple[time, time]:
     match = _HOURS.match(text)
     if not match:
         raise ValueError(f"not a time range like 22:00-07:00: {text!r}")
-    h1, m1, h2, m2 = (int(part) for part in match.groups())
-    if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59 or (h2 == 24 and m2):
+    h1, m1, s1, h2, m2, s2 = (int(part or 0) for part in match.groups())
+    if h1 > 23 or h2 > 24 or max(m1, m2, s1, s2) > 59 or (h2 == 24 and m2 + s2):
         raise ValueError(f"not a time range like 22:00-07:00: {text!r}")
-    start = time(h1, m1)
-    end = time(0, 0) if h2 == 24 else time(h2, m2)
+    start = time(h1, m1, s1)
+    end = time(0, 0) if h2 == 24 else time(h2, m2, s2)
     if start == end:
         raise ValueError(f"a time range must not be empty: {text!r}")
     return start, end
@@ -175,3 +176,20 @@ def _override(rule: Rule, override: RuleOverride) -> Rule:
         enabled=rule.enabled if override.enabled is None else override.enabled,
         limit=limit,
     )
+
+
+def changes(old: Policy, new: Policy) -> list[str]:
+    """What differs between two policies, for the switch log line."""
+    found = []
+    for before, after in zip(old.rules, new.rules, strict=False):
+        if before.enabled != after.enabled:
+            found.append(f"{after.name}.enabled={str(after.enabled).lower()}")
+        if before.limit and after.limit and before.limit != after.limit:
+            found.append(
+                f"{after.name}.rate={after.limit.rate}/burst={after.limit.burst}"
+            )
+        if before.reply != after.reply:
+            found.append(f"{after.name}.reply={after.reply}")
+    if old.greylist.delay != new.greylist.delay:
+        found.append(f"greylist.delay={new.greylist.delay:g}s")
+    return found
