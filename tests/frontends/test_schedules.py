@@ -179,7 +179,6 @@ def test_sighup_reloads_a_running_greygeo(tmp_path):
     assert "Traceback" not in (tmp_path / "greygeo.log").read_text()
 
 
-SCHEDULED = ROOT / "tests" / "rules" / "test_schedule.py"
 
 
 def schedule_config(tmp_path: Path) -> Path:
