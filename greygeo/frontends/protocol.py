@@ -53,9 +53,10 @@ _DEFAULT_STATUS = {
 }
 _HAS_STATUS = re.compile(r"^\d\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b")
 _DATA_CHUNK = 256 * 1024
-# A line of more than 1000 octets with its line end (RFC 5321 4.5.3.1.6),
-# counting a transparency dot; a bare CR or LF ends a line too.
-_LONG_LINE = re.compile(rb"[^\r\n]{1000,}")
+# The longest line, without its line end, counting a transparency dot: 1000
+# octets with CRLF (RFC 5321 4.5.3.1.6), and one for the dot. A bare CR or
+# LF ends a line too.
+_LONGEST_LINE = 999
 _HELO_NAME = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
@@ -307,7 +308,7 @@ class ProxyServer(SMTP):
 
         if limit and len(data) + dropped > limit:
             return "552 5.3.4 Error: message too big"
-        if _LONG_LINE.search(data):
+        if max(map(len, data.splitlines()), default=0) > _LONGEST_LINE:
             return "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
         if data.startswith(b"."):
             del data[:1]
