@@ -197,3 +197,13 @@ def test_control_character_in_address_is_refused_and_leaks_nothing(tmp_path, geo
         assert raw.command("MAIL FROM:<a@c.test>").startswith("250")
         assert raw.command("RCPT TO:<x\x7fy@example.com>").startswith("553 5.1.3")
     assert not any(c.startswith("MAIL") for c in backend.commands)
+
+
+def test_client_identity_none_warns_of_an_open_relay_at_start(
+    tmp_path, geoip_db, caplog
+):
+    caplog.set_level("INFO", logger="greygeo")
+    with ScriptedBackend() as backend, proxy_to(tmp_path, geoip_db, backend.address):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("client_identity is none" in w and "open relay" in w for w in warnings)

@@ -179,8 +179,6 @@ def test_sighup_reloads_a_running_greygeo(tmp_path):
     assert "Traceback" not in (tmp_path / "greygeo.log").read_text()
 
 
-
-
 def schedule_config(tmp_path: Path) -> Path:
     from tests.rules.test_schedule import CONFIG
 
