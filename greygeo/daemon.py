@@ -301,13 +301,26 @@ def _log_summary(daemon: Daemon, backend: Backend, tls: bool) -> None:
 
 
 async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT."""
-    daemon = await start(config)
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the config.
+
+    The handlers are in place before the first socket listens, so a signal
+    sent as soon as the port answers is never the default (fatal) one."""
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
+    running: list[Daemon] = []
+
+    def reload() -> None:
+        if not running:
+            log.warning("SIGHUP during start-up ignored")
+            return
+        running[0].reload()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
-    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+
+    daemon = await start(config)
+    running.append(daemon)
     await stop_requested.wait()
     log.info("stopping sessions=%d", len(daemon.handler.sessions))
     await daemon.stop()

@@ -159,6 +159,7 @@ def test_sighup_reloads_a_running_greygeo(tmp_path):
     )
     try:
         wait_for_port("127.0.0.1", port)
+        wait_for(lambda: "msg=started" in (tmp_path / "greygeo.log").read_text())
         config.write_text(
             base.replace(
                 '[[rules]]\nname = "OK_COUNTRY_CODE"',
