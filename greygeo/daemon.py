@@ -178,6 +178,7 @@ class Daemon:
             await asyncio.sleep(0.1)
         for session in list(self.handler.sessions):
             session.say_goodbye()
+        await asyncio.sleep(0.05)  # let the closed sessions see their end
         self.handler.sessions.clear()
         await self.store.close()
         self.countries.close()
