@@ -143,8 +143,15 @@ class Store:
             " (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')))"
         )
         current = await self.schema_version()
+        migrations = load_migrations()
+        latest = max((m.version for m in migrations), default=0)
+        if current > latest:
+            raise StoreError(
+                f"store {self.path} is at schema version {current}, newer than "
+                f"this greygeo knows ({latest}): use a newer greygeo"
+            )
         applied = []
-        for migration in load_migrations():
+        for migration in migrations:
             if migration.version <= current:
                 continue
             await self._apply(migration)

@@ -100,3 +100,14 @@ def test_the_wheel_ships_the_migrations(tmp_path: Path):
         f"greygeo/migrations/{m.version:04d}_{m.name}.sql" for m in load_migrations()
     }
     assert shipped <= names
+
+
+async def test_a_store_newer_than_this_greygeo_is_refused(tmp_path: Path):
+    path = tmp_path / "g.sqlite3"
+    store = await Store.open(path)
+    await store.db.execute(
+        "INSERT INTO schema_migrations (version, name) VALUES (99, 'x')"
+    )
+    await store.close()
+    with pytest.raises(StoreError, match="schema version 99, newer than"):
+        await Store.open(path)
