@@ -75,7 +75,8 @@ class Relay(Protocol):
 
     async def recipient(self, address: str, options: list[str]) -> Answer: ...
 
-    async def data(self, content: bytes) -> Answer: ...
+    async def data(self, content: bytes) -> Answer:
+        """Send the message; its lines end with CRLF and nothing else."""
 
     async def close(self) -> None: ...
 
@@ -230,16 +231,37 @@ class SmtpRelay:
         return Answer.from_backend(response.code, response.message)
 
     async def data(self, content: bytes) -> Answer:
+        """DATA, then the message, dot-stuffed here in one pass.
+
+        aiosmtplib's ``data()`` would normalise the line endings again with
+        a regular expression, which costs about 20 ms per MB; the content
+        greygeo relays has CRLF line ends already."""
         try:
-            response = await self.smtp.data(content)
-        except aiosmtplib.SMTPResponseException as error:
-            return Answer.from_backend(error.code, error.message)
+            response = await self.smtp.execute_command(b"DATA")
+            if response.code != 354:
+                return Answer.from_backend(response.code, response.message)
+            protocol = self.smtp.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("connection lost")
+            protocol.write(_dot_stuffed(content) + b".\r\n")
+            response = await protocol.read_response(timeout=self.smtp.timeout)
         except (aiosmtplib.SMTPException, OSError) as error:
             raise BackendError(f"DATA failed: {error}", BROKEN) from error
         return Answer.from_backend(response.code, response.message)
 
     async def close(self) -> None:
         await _quit(self.smtp)
+
+
+def _dot_stuffed(content: bytes) -> bytes:
+    """Transparency (RFC 5321 4.5.2): a line that starts with a dot gets
+    another; the content must end its lines with CRLF only."""
+    stuffed = content.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if stuffed and not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed
 
 
 async def _quit(smtp: aiosmtplib.SMTP) -> None:

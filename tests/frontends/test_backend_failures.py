@@ -207,3 +207,24 @@ def test_client_identity_none_warns_of_an_open_relay_at_start(
         pass
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("client_identity is none" in w and "open relay" in w for w in warnings)
+
+
+def test_dots_and_line_ends_reach_the_backend_intact(tmp_path, geoip_db):
+    """Lines that start with dots, a lone dot inside a line, and a bare LF:
+    the backend's own SMTP parser reads back exactly the message, with the
+    bare LF as CRLF."""
+    body = b"Subject: dots\r\n\r\n.first\r\n..second\r\nmid . dot\r\nbare\nlf\r\n.\r\n"
+    wire = body.replace(b"\r\n.", b"\r\n..")  # as the client stuffs it
+    with (
+        RecordingBackend() as backend,
+        proxy_to(tmp_path, geoip_db, backend.address) as proxy,
+    ):
+        raw = proxy.raw(JP_CLIENT)
+        raw.command("EHLO client.test")
+        raw.command("MAIL FROM:<a@sender.test>")
+        raw.command("RCPT TO:<bar@example.com>")
+        raw.command("DATA")
+        raw.send(wire + b".\r\n")
+        assert raw.reply().startswith("250")
+    (message,) = backend.record.messages
+    assert message == body.replace(b"bare\nlf", b"bare\r\nlf")
