@@ -9,6 +9,7 @@ traceback.
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -85,6 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 0
+    except BrokenPipeError:
+        # The reader went away (``greygeo stats | head``): nothing to say.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_REFUSED
 
 
 async def check(config: Config, args: argparse.Namespace) -> int:
@@ -100,14 +106,15 @@ async def check(config: Config, args: argparse.Namespace) -> int:
         client=client,
         country=countries.country(client),
         helo=args.helo,
-        sender=args.sender,
-        recipient=args.recipient,
+        sender=_bare(args.sender),
+        recipient=_bare(args.recipient),
         transaction="check",
     )
     countries.close()
     try:
         instant = _instant(args.at, config)
-    except ValueError:
+        instant.astimezone(UTC)  # far from now, some zones cannot say
+    except (ValueError, OverflowError):
         print(f"greygeo: --at: not a date and time: {args.at!r}", file=sys.stderr)
         return EXIT_USAGE
     now = instant.timestamp()
@@ -133,6 +140,14 @@ async def check(config: Config, args: argparse.Namespace) -> int:
     reply = f" reply={decision.reply}" if decision.reply else ""
     print(f"decision: {decision.verdict} rule={decision.rule}{reply}")
     return EXIT_ACCEPTED if decision.verdict is Verdict.ACCEPT else EXIT_REFUSED
+
+
+def _bare(address: str) -> str:
+    """An address as the daemon keeps it: ``<a@b>`` is ``a@b``, ``<>`` empty."""
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        return address[1:-1]
+    return address
 
 
 def _instant(text: str | None, config: Config) -> datetime:
@@ -177,7 +192,10 @@ async def migrate(config: Config, args: argparse.Namespace) -> int:
 
 async def purge(config: Config, args: argparse.Namespace) -> int:
     """Delete (or with --dry-run count) what has expired; safe while serving."""
-    store = await Store.open(config.store.path, config.store.lock_timeout)
+    if args.dry_run:
+        store = await Store.open_existing(config.store.path)
+    else:
+        store = await Store.open(config.store.path, config.store.lock_timeout)
     try:
         removed = await store.purge(
             time.time(), config.policy.greylist, dry_run=args.dry_run
@@ -190,7 +208,7 @@ async def purge(config: Config, args: argparse.Namespace) -> int:
 
 
 async def stats(config: Config, args: argparse.Namespace) -> int:
-    store = await Store.open_read_only(config.store.path)
+    store = await Store.open_existing(config.store.path)
     try:
         figures = await store.stats(config.policy.greylist)
     finally:

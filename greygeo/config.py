@@ -447,6 +447,10 @@ def _schedule(table: _Table, policy: Policy) -> Schedule:
         _period(_Table(raw, f"schedule.periods[{index}]", table.source), policy)
         for index, raw in enumerate(raw_periods)
     ]
+    names = [period.name for period in periods]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise table.error(f"periods[{index}].name", f"duplicate {name!r}")
     table.finish()
     return Schedule(zone, tuple(periods))
 

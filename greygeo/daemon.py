@@ -139,16 +139,19 @@ class Daemon:
                 ", ".join(kept),
             )
         self.config = replace(self.config, policy=new.policy, schedule=new.schedule)
-        self.periods = []
-        self.handler.policy = new.policy
-        self.switch()
+        instant = datetime.fromtimestamp(self.clock(), UTC)
+        self.handler.policy, self.periods = policy_at(new.policy, new.schedule, instant)
         if self.scheduler is not None:
             self._schedule_switches()
+            self.scheduler.reschedule_job(
+                "purge",
+                trigger=IntervalTrigger(seconds=new.policy.greylist.purge_every),
+            )
         log.info(
             "reloaded",
             extra={
                 "rules": len(new.policy.rules),
-                "periods": len(new.schedule.periods),
+                "periods": ",".join(self.periods) or "base",
             },
         )
         return True

@@ -60,3 +60,5 @@ def setup_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # aiosmtpd logs every client command at INFO; greygeo logs decisions.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # APScheduler logs every job run at INFO; greygeo logs what the jobs do.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)

@@ -23,6 +23,7 @@ import sqlite3
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote
 
 import aiosqlite
 
@@ -103,12 +104,22 @@ class Store:
         return store
 
     @classmethod
+    async def open_existing(cls, path: Path) -> "Store":
+        """Open a store that must exist, to look only."""
+        if not path.is_file():
+            raise StoreError(
+                f"no store at {path}: greygeo serve or greygeo migrate creates it"
+            )
+        return await cls.open_read_only(path)
+
+    @classmethod
     async def open_read_only(cls, path: Path) -> "Store":
         """Open an existing store to look only; an empty one if there is none."""
         if not path.exists():
             return await cls.open(Path(":memory:"))
+        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
         try:
-            db = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True)
+            db = await aiosqlite.connect(uri, uri=True)
         except sqlite3.Error as error:
             raise StoreError(f"cannot open store {path}: {error}") from error
         store = cls(db, path)

@@ -15,7 +15,7 @@ The engine reads no clock and opens no socket: the caller passes ``now``
 any state, which is what ``greygeo check`` needs.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol
 
@@ -202,7 +202,10 @@ async def _greylist(run: _Run, rule: Rule) -> Decision | None:
     run.steps.append(
         Step(rule.name, f"defer: {result.outcome}, {result.wait:.0f}s left")
     )
-    reply = rule.reply or settings.reply_for(result.wait)
+    reply = settings.reply_for(result.wait)
+    if rule.reply is not None:
+        seconds = str(max(1, round(result.wait)))
+        reply = replace(rule.reply, text=rule.reply.text.replace("%s", seconds))
     return run.decision(Verdict.DEFER, rule, str(result.outcome), reply)
 
 

@@ -22,6 +22,7 @@ reads again. That keeps concurrent sessions, and several processes on one
 database, from losing an update.
 """
 
+import logging
 import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -30,7 +31,8 @@ from typing import Protocol
 
 from greygeo.rules.facts import Address, Facts, normal_domain, plain_address
 from greygeo.rules.reply import Reply, parse_reply
-from greygeo.rules.state import StateError
+
+log = logging.getLogger(__name__)
 
 # A client's pass counts toward auto-allow at most once per this period.
 AUTO_ALLOW_COUNT_EVERY = 3600.0
@@ -198,8 +200,9 @@ def advance(
     if waited > settings.retry_window:
         return _first_sight(now, settings, Outcome.RESTARTED)
     if waited < settings.delay:
-        result = GreylistResult(Outcome.EARLY, wait=settings.delay - waited)
-        return result, replace(row, last_seen=now)
+        # Nothing to write: an early retry changes no state, so a burst of
+        # retries of one triplet never contends for its row.
+        return GreylistResult(Outcome.EARLY, wait=settings.delay - waited), None
     result = GreylistResult(Outcome.PASSED, delayed=waited)
     return result, replace(row, last_seen=now, passed_at=now)
 
@@ -249,7 +252,10 @@ async def check(
         if result.passes and settings.auto_allow_after > 0:
             await _count_pass(store, triplet, client, now)
         return result
-    raise StateError(f"greylist row kept changing during the decision: {triplet}")
+    # The row changed under every attempt: defer, as for a first sight. That
+    # fails closed; a store failure would let on_error = "accept" through.
+    log.warning("greylist row kept changing, deferred triplet=%s", triplet)
+    return GreylistResult(Outcome.EARLY, wait=settings.delay)
 
 
 async def _count_pass(

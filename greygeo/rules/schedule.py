@@ -28,7 +28,7 @@ from greygeo.rules.rule import Rule
 from greygeo.units import Rate
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_TIME = r"(\d{1,2}):(\d{2})(?::(\d{2}))?"
+_TIME = r"([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?"
 _HOURS = re.compile(rf"^\s*{_TIME}\s*-\s*{_TIME}\s*$")
 
 
@@ -53,6 +53,8 @@ class Period:
         """Whether this period is in force at this local time."""
         now = local.time()
         today = local.weekday()
+        if self.start == self.end:  # a whole day, written 00:00-24:00
+            return today in self.days
         if self.start <= self.end:
             return today in self.days and self.start <= now < self.end
         yesterday = (today - 1) % 7
@@ -125,7 +127,7 @@ def parse_hours(text: str) -> tuple[time, time]:
         raise ValueError(f"not a time range like 22:00-07:00: {text!r}")
     start = time(h1, m1, s1)
     end = time(0, 0) if h2 == 24 else time(h2, m2, s2)
-    if start == end:
+    if start == end and h2 != 24:
         raise ValueError(f"a time range must not be empty: {text!r}")
     return start, end
 
@@ -134,8 +136,8 @@ def parse_days(text: str) -> frozenset[int]:
     """``mon-fri``, ``sat,sun``, ``mon-sun``, ``fri-mon`` (wrapping)."""
     days: set[int] = set()
     for part in text.lower().replace(" ", "").split(","):
-        first, _, last = part.partition("-")
-        if first not in DAY_NAMES or (last and last not in DAY_NAMES):
+        first, dash, last = part.partition("-")
+        if first not in DAY_NAMES or (dash and last not in DAY_NAMES):
             raise ValueError(f"not days like mon-fri or sat,sun: {text!r}")
         a = DAY_NAMES.index(first)
         b = DAY_NAMES.index(last) if last else a

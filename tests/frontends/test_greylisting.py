@@ -6,6 +6,7 @@ import mailbox
 import re
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -254,3 +255,68 @@ def test_check_shows_the_triplet_state_and_changes_nothing(config, capsys):
     argv[argv.index("bob@example.com")] = "new@example.com"
     assert main(argv) == 1
     assert "<new@example.com>): unknown" in capsys.readouterr().out
+
+
+def test_greylist_rules_own_reply_gets_the_seconds(tmp_path, geoip_db, maildir):
+    rules = GREYLIST_RULES.replace(
+        'action = "greylist"', 'action = "greylist"\nreply = "450 4.7.1 Wait %s s"'
+    )
+    config = write_config(
+        tmp_path, geoip=geoip_db, backend=f"maildir:{maildir}", rules=rules
+    )
+    with DaemonThread.from_file(config, FakeClock()) as proxy:
+        assert transaction(proxy, ["bob@example.com"]) == ["450 4.7.1 Wait 300 s"]
+
+
+def test_store_path_with_uri_characters_works_for_every_command(
+    tmp_path, geoip_db, maildir, capsys
+):
+    odd = tmp_path / "we#ird?x%41"
+    odd.mkdir()
+    config = write_config(
+        odd, geoip=geoip_db, backend=f"maildir:{maildir}", rules=GREYLIST_RULES
+    )
+    with DaemonThread.from_file(config) as proxy:
+        transaction(proxy, ["bob@example.com"])
+    assert main(["stats", "--config", str(config)]) == 0
+    assert "triplets_waiting      1" in capsys.readouterr().out
+    argv = [
+        "check",
+        "--config",
+        str(config),
+        "--client",
+        "127.0.1.5",
+        "--sender",
+        "<alice@sender.test>",
+        "--recipient",
+        "<bob@example.com>",
+    ]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "sender     <alice@sender.test>" in out
+    assert "<bob@example.com>): waiting" in out
+    assert (
+        sorted(p.name for p in odd.iterdir() if not p.name.startswith("greygeo")) == []
+    )
+
+
+def test_stats_and_dry_run_on_a_missing_store_say_so_and_create_nothing(
+    tmp_path, capsys
+):
+    config = write_config(tmp_path, geoip=None, backend="maildir:x")
+    for argv in (["stats"], ["purge", "--dry-run"]):
+        assert main([*argv, "--config", str(config)]) == 2
+        assert "no store at" in capsys.readouterr().err
+    assert not (tmp_path / "greygeo.sqlite3").exists()
+
+
+def test_stats_into_a_closed_pipe_prints_no_traceback(config):
+    main(["migrate", "--config", str(config)])
+    result = subprocess.run(
+        f"{sys.executable} -m greygeo stats --config {config} | head -c 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "Traceback" not in result.stderr

@@ -224,3 +224,51 @@ def test_schedule_command_lists_periods_and_next_switches(tmp_path, capsys):
     assert all(
         re.match(r"  \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+09:00  -> ", s) for s in switches
     )
+
+
+def test_reload_with_no_change_logs_no_switch_and_applies_purge_every(
+    tmp_path, geoip_db, maildir, caplog
+):
+    now = datetime.now(UTC)
+    hours = f"{now - timedelta(hours=1):%H:%M}-{now + timedelta(hours=1):%H:%M}"
+    schedule = f"""
+[schedule]
+timezone = "UTC"
+[[schedule.periods]]
+name = "now"
+hours = "{hours}"
+[schedule.periods.rules.LIMIT_TO_DOMAIN]
+rate = "1/h"
+"""
+    config = write_config(
+        tmp_path, geoip=geoip_db, backend=f"maildir:{maildir}", rules=LIMIT + schedule
+    )
+    with DaemonThread.from_file(config) as proxy:
+
+        async def reload() -> bool:
+            return proxy.daemon.reload()
+
+        caplog.set_level("INFO", logger="greygeo")
+        assert proxy.run(reload())
+        assert not [r for r in caplog.records if r.getMessage() == "schedule switch"]
+        assert proxy.daemon.periods == ["now"]
+
+        config.write_text(config.read_text() + '\n[greylist]\npurge_every = "3s"\n')
+        assert proxy.run(reload())
+        job = proxy.daemon.scheduler.get_job("purge")
+        assert job.trigger.interval.total_seconds() == 3
+
+
+def test_check_at_a_time_out_of_range_exits_2(tmp_path, capsys):
+    config = schedule_config(tmp_path)
+    argv = [
+        "check",
+        "--config",
+        str(config),
+        "--client",
+        "20.1.1.1",
+        "--at",
+        "0001-01-01T00:00+09:00",
+    ]
+    assert main(argv) == 2
+    assert "--at: not a date and time" in capsys.readouterr().err

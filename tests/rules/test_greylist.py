@@ -195,3 +195,17 @@ def test_numeric_verp_parts_share_one_key():
 
 def test_null_sender_is_a_key():
     assert normal_sender("") == ""
+
+
+async def test_a_burst_of_first_tries_of_one_triplet_all_defer(store):
+    """Parallel first tries and early retries never contend for the row:
+    every one is deferred, none is a store failure."""
+    first = await asyncio.gather(
+        *(greylist.check(store, attempt(), 0, SETTINGS) for _ in range(20))
+    )
+    early = await asyncio.gather(
+        *(greylist.check(store, attempt(), 100, SETTINGS) for _ in range(20))
+    )
+    assert {r.outcome for r in first} <= {Outcome.NEW, Outcome.EARLY}
+    assert {r.outcome for r in early} == {Outcome.EARLY}
+    assert {r.wait for r in early} == {200}

@@ -202,3 +202,21 @@ def test_bad_schedules_name_the_key_and_value(tmp_path, change, message):
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, CONFIG.replace(old, new, 1)))
     assert message in str(info.value)
+
+
+def test_a_whole_day_is_written_00_00_24_00():
+    whole = Period("all-saturday", *parse_hours("00:00-24:00"), parse_days("sat"))
+    assert whole.covers(at("2026-12-05T00:00")) and whole.covers(at("2026-12-05T23:59"))
+    assert not whole.covers(at("2026-12-06T00:00"))
+
+
+@pytest.mark.parametrize("text", ["mon-", "-fri", "mon,,tue", "monday"])
+def test_bad_day_lists(text):
+    with pytest.raises(ValueError, match="not days like"):
+        parse_days(text)
+
+
+def test_duplicate_period_names_are_refused(tmp_path):
+    text = CONFIG.replace('name = "weekend-days"', 'name = "night"')
+    with pytest.raises(ConfigError, match=r"schedule.periods\[1\].name: duplicate"):
+        load_config(write(tmp_path, text))
