@@ -27,6 +27,35 @@ burst = 100
 """
 
 
+def limited_in(
+    tmp_path,
+    geoip_db,
+    maildir,
+    name: str,
+    hours: str,
+    override: str = 'rate = "1/h"\nburst = 0',
+) -> Path:
+    """A config with the 100/m limit, and one UTC period that overrides it."""
+    schedule = f"""
+[schedule]
+timezone = "UTC"
+[[schedule.periods]]
+name = "{name}"
+hours = "{hours}"
+[schedule.periods.rules.LIMIT_TO_DOMAIN]
+{override}
+"""
+    return write_config(
+        tmp_path, geoip=geoip_db, backend=f"maildir:{maildir}", rules=LIMIT + schedule
+    )
+
+
+def around_now() -> str:
+    """Hours of a period that is in force now (from an hour ago to in one)."""
+    now = datetime.now(UTC)
+    return f"{now - timedelta(hours=1):%H:%M}-{now + timedelta(hours=1):%H:%M}"
+
+
 def wait_for(condition, timeout: float = 15.0) -> None:
     """Poll until the daemon has done something on its own clock."""
     deadline = time.monotonic() + timeout
@@ -52,19 +81,8 @@ def test_period_starting_after_start_tightens_the_limit(
     boundary, the limit drops from 100/m to 1/h, and one line says so."""
     start = datetime.now(UTC) + timedelta(seconds=4)
     end = start + timedelta(hours=1)
-    schedule = f"""
-[schedule]
-timezone = "UTC"
-[[schedule.periods]]
-name = "strict"
-hours = "{start:%H:%M:%S}-{end:%H:%M:%S}"
-[schedule.periods.rules.LIMIT_TO_DOMAIN]
-rate = "1/h"
-burst = 0
-"""
-    config = write_config(
-        tmp_path, geoip=geoip_db, backend=f"maildir:{maildir}", rules=LIMIT + schedule
-    )
+    hours = f"{start:%H:%M:%S}-{end:%H:%M:%S}"
+    config = limited_in(tmp_path, geoip_db, maildir, "strict", hours)
     caplog.set_level("INFO", logger="greygeo")
     with DaemonThread.from_file(config) as proxy:
         assert proxy.daemon.periods == []
@@ -78,21 +96,7 @@ burst = 0
 
 
 def test_started_inside_a_period_is_in_it_at_once(tmp_path, geoip_db, maildir):
-    now = datetime.now(UTC)
-    hours = f"{now - timedelta(hours=1):%H:%M}-{now + timedelta(hours=1):%H:%M}"
-    schedule = f"""
-[schedule]
-timezone = "UTC"
-[[schedule.periods]]
-name = "now"
-hours = "{hours}"
-[schedule.periods.rules.LIMIT_TO_DOMAIN]
-rate = "1/h"
-burst = 0
-"""
-    config = write_config(
-        tmp_path, geoip=geoip_db, backend=f"maildir:{maildir}", rules=LIMIT + schedule
-    )
+    config = limited_in(tmp_path, geoip_db, maildir, "now", around_now())
     with DaemonThread.from_file(config) as proxy:
         assert proxy.daemon.periods == ["now"]
         assert [send(proxy), send(proxy)] == [250, 421]
@@ -229,19 +233,8 @@ def test_schedule_command_lists_periods_and_next_switches(tmp_path, capsys):
 def test_reload_with_no_change_logs_no_switch_and_applies_purge_every(
     tmp_path, geoip_db, maildir, caplog
 ):
-    now = datetime.now(UTC)
-    hours = f"{now - timedelta(hours=1):%H:%M}-{now + timedelta(hours=1):%H:%M}"
-    schedule = f"""
-[schedule]
-timezone = "UTC"
-[[schedule.periods]]
-name = "now"
-hours = "{hours}"
-[schedule.periods.rules.LIMIT_TO_DOMAIN]
-rate = "1/h"
-"""
-    config = write_config(
-        tmp_path, geoip=geoip_db, backend=f"maildir:{maildir}", rules=LIMIT + schedule
+    config = limited_in(
+        tmp_path, geoip_db, maildir, "now", around_now(), 'rate = "1/h"'
     )
     with DaemonThread.from_file(config) as proxy:
 
