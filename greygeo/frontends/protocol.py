@@ -52,6 +52,10 @@ _DEFAULT_STATUS = {
     555: "5.5.4",
 }
 _HAS_STATUS = re.compile(r"^\d\d\d[ -][245]\.\d{1,3}\.\d{1,3}\b")
+_PLAIN_PATH = re.compile(
+    r"^\s*<(?P<address>(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)?)>"
+    r"(?:\s+(?P<params>.*)|\s*$)"
+)
 _DATA_CHUNK = 256 * 1024
 # The longest line, without its line end, counting a transparency dot: 1000
 # octets with CRLF (RFC 5321 4.5.3.1.6), and one for the dot. A bare CR or
@@ -313,6 +317,15 @@ class ProxyServer(SMTP):
         if data.startswith(b"."):
             del data[:1]
         return bytes(data.replace(b"\r\n.", b"\r\n"))
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """``<local@domain> params``, the usual form, without the e-mail
+        header parser (a quarter of a millisecond per address); anything
+        else goes to aiosmtpd's full parser."""
+        match = _PLAIN_PATH.match(arg)
+        if match is None:
+            return super()._getaddr(arg)
+        return match["address"] or "<>", match["params"] or ""
 
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push("503 5.5.1 Error: authentication not enabled")

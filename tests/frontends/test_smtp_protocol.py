@@ -347,3 +347,25 @@ def test_bare_lf_lines_are_lines_for_the_length_check(proxy, maildir):
     raw.send(b"Subject: lf\n\n" + b"x" * 40 + (b"\n" + b"x" * 40) * 50 + b"\r\n.\r\n")
     assert raw.reply().startswith("250")
     assert delivered(maildir)[0].count(b"x" * 40 + b"\n") == 51
+
+
+@pytest.mark.parametrize(
+    ("path", "return_path"),
+    [
+        ("<Alice.Smith+x@Example.ORG> SIZE=100", b"<Alice.Smith+x@Example.ORG>"),
+        ('<"odd name"@example.org>', b'<"odd name"@example.org>'),
+        ("<user@[192.0.2.1]>", b"<user@[192.0.2.1]>"),
+        ("<>", b"<>"),
+    ],
+)
+def test_sender_paths_plain_and_unusual_are_kept(proxy, maildir, path, return_path):
+    """The usual path takes greygeo's quick parser, the others aiosmtpd's;
+    both keep the address as sent."""
+    raw = proxy.raw(JP_CLIENT)
+    raw.command("EHLO client.test")
+    assert raw.command(f"MAIL FROM:{path}").startswith("250")
+    raw.command("RCPT TO:<bar@example.com>")
+    raw.command("DATA")
+    raw.send(b"Subject: p\r\n\r\nx\r\n.\r\n")
+    assert raw.reply().startswith("250")
+    assert delivered(maildir)[0].startswith(b"Return-Path: " + return_path + b"\n")
