@@ -137,6 +137,8 @@ class ProxyHandler:
             return problem
         if address == "<>":
             return "553 5.1.3 Error: the null address is no recipient"
+        if envelope.broken:
+            return BROKEN.wire()  # judge nothing that cannot be relayed
         envelope.attempts += 1
         if (
             len(envelope.rcpt_tos) >= self.max_recipients
