@@ -204,9 +204,8 @@ class ProxyHandler:
 
         Once the backend session of a transaction has failed, every later
         RCPT and the DATA get 4xx: a new backend session would not carry
-        the recipients already accepted, and their mail would be lost."""
-        if envelope.broken:
-            return BROKEN
+        the recipients already accepted, and their mail would be lost (see
+        ``handle_RCPT``)."""
         try:
             if envelope.relay is None:
                 relay, answer = await self.backend.open(
