@@ -30,12 +30,11 @@ from collections.abc import Callable
 from aiosmtpd.smtp import Session, TLSSetupException
 
 from greygeo.frontends.backend import BROKEN, Answer, Backend, BackendError, Relay
+from greygeo.frontends.deciding import decide_or_fail, log_decision
 from greygeo.frontends.protocol import ProxyServer, Transaction
 from greygeo.lookups.geoip import CountryLookup
-from greygeo.rules.engine import Decision, Policy, State, Verdict, decide
+from greygeo.rules.engine import Policy, State, Verdict
 from greygeo.rules.facts import Facts
-from greygeo.rules.reply import parse_reply
-from greygeo.rules.state import StateError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 INTERNAL_ERROR = "421 4.3.0 Internal error, closing connection; try again later"
-STORE_FAILED = parse_reply("451 4.3.0 Temporary local problem, try again later")
+FRONT = "smtp"
 
 
 class ProxyHandler:
@@ -154,10 +153,12 @@ class ProxyHandler:
             recipient=address,
             transaction=envelope.id,
         )
-        decision = await self._decide(facts)
+        decision = await decide_or_fail(
+            self.policy, facts, self.clock(), self.state, self.on_error
+        )
         if decision.verdict is not Verdict.ACCEPT:
             assert decision.reply is not None
-            _log_decision(envelope, facts, decision, decision.reply.code)
+            log_decision(facts, decision, decision.reply.code, FRONT)
             return str(decision.reply)
 
         answer = await self._relay_recipient(
@@ -170,27 +171,8 @@ class ProxyHandler:
                 envelope.greylist_delay = max(
                     envelope.greylist_delay or 0.0, decision.greylist_delay
                 )
-        _log_decision(envelope, facts, decision, answer.code)
+        log_decision(facts, decision, answer.code, FRONT)
         return answer.wire()
-
-    async def _decide(self, facts: Facts) -> Decision:
-        """The engine's decision; when the state fails, the fail mode's."""
-        try:
-            return await decide(self.policy, facts, self.clock(), self.state)
-        except StateError as error:
-            log.error(
-                "state failed, applied on_error=%s session=%s error=%s",
-                self.on_error,
-                facts.transaction,
-                error,
-            )
-            if self.on_error == "accept":
-                return Decision(
-                    Verdict.ACCEPT, "on_error", "accept", "store failed", None
-                )
-            return Decision(
-                Verdict.DEFER, "on_error", "tempfail", "store failed", STORE_FAILED
-            )
 
     async def _relay_recipient(
         self,
@@ -326,25 +308,3 @@ def _address_problem(address: str, smtputf8: bool) -> str | None:
     if not smtputf8 and not address.isascii():
         return "553 5.6.7 Error: non-ASCII address needs SMTPUTF8"
     return None
-
-
-def _log_decision(
-    envelope: Transaction, facts: Facts, decision: Decision, reply: int
-) -> None:
-    log.info(
-        "decision",
-        extra={
-            "session": envelope.id,
-            "client": str(facts.client),
-            "country": facts.country,
-            "helo": facts.helo,
-            "sender": facts.sender,
-            "recipient": facts.recipient,
-            "rule": decision.rule,
-            "action": decision.action,
-            "limit_key": decision.limit_key,
-            "verdict": decision.verdict,
-            "reason": decision.reason,
-            "reply": reply,
-        },
-    )
