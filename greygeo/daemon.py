@@ -20,9 +20,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from greygeo.config import Config, ConfigError, load_config
+from greygeo.config import Config, ConfigError, load_config, parse_endpoint
 from greygeo.frontends.backend import Backend, BackendError, SmtpBackend
 from greygeo.frontends.maildir import MaildirBackend
+from greygeo.frontends.policy import MAX_LINE, PolicyService
 from greygeo.frontends.protocol import ProxyServer
 from greygeo.frontends.smtp import ProxyHandler
 from greygeo.lookups.geoip import CountryLookup, GeoipError
@@ -48,6 +49,8 @@ class Daemon:
     countries: CountryLookup
     clock: Callable[[], float] = time.time
     servers: list[asyncio.Server] = field(default_factory=list)
+    policy_servers: list[asyncio.Server] = field(default_factory=list)
+    policy_service: PolicyService | None = None
     scheduler: AsyncIOScheduler | None = None
     periods: list[str] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -171,7 +174,7 @@ class Daemon:
         in a transaction ``grace`` seconds to finish; then close the rest."""
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
-        for server in self.servers:
+        for server in self.servers + self.policy_servers:
             server.close()
         deadline = time.monotonic() + grace
         while self.handler.sessions and time.monotonic() < deadline:
@@ -181,6 +184,8 @@ class Daemon:
             await asyncio.sleep(0.1)
         for session in list(self.handler.sessions):
             session.say_goodbye()
+        if self.policy_service is not None:
+            self.policy_service.close()
         await asyncio.sleep(0.05)  # let the closed sessions see their end
         self.handler.sessions.clear()
         await self.store.close()
@@ -263,8 +268,41 @@ async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Da
 
     daemon.switch()
     daemon.start_jobs()
+    await _start_policy_service(daemon)
     _log_summary(daemon, backend, context is not None)
     return daemon
+
+
+async def _start_policy_service(daemon: Daemon) -> None:
+    """The Postfix policy delegation listeners, if any are configured."""
+    service = PolicyService(
+        source=daemon.handler,
+        countries=daemon.countries,
+        state=daemon.store,
+        clock=daemon.clock,
+        on_error=daemon.config.store.on_error,
+    )
+    daemon.policy_service = service
+    limit = MAX_LINE + 2
+    for item in daemon.config.policy_service.listen:
+        try:
+            if item.startswith("unix:"):
+                server = await asyncio.start_unix_server(
+                    service.serve, path=item.removeprefix("unix:"), limit=limit
+                )
+            else:
+                endpoint = parse_endpoint(item)
+                server = await asyncio.start_server(
+                    service.serve,
+                    endpoint.host,
+                    endpoint.port,
+                    limit=limit,
+                    reuse_address=True,
+                )
+        except OSError as error:
+            await daemon.stop(grace=0)
+            raise StartupError(f"cannot listen on {item}: {error}") from error
+        daemon.policy_servers.append(server)
 
 
 def _quiet_tls_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -298,6 +336,7 @@ def _log_summary(daemon: Daemon, backend: Backend, tls: bool) -> None:
             "geoip_built": built.date().isoformat() if built else "none",
             "store": str(config.store.path),
             "starttls": "on" if tls else "off",
+            "policy": ",".join(config.policy_service.listen) or "off",
             "schedule": config.schedule.zone.key,
             "periods": ",".join(daemon.periods) or "base",
         },

@@ -46,6 +46,7 @@ __all__ = [
     "ConfigError",
     "Endpoint",
     "GeoipConfig",
+    "PolicyServiceConfig",
     "ProxyConfig",
     "StoreConfig",
     "load_config",
@@ -114,6 +115,13 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class PolicyServiceConfig:
+    """``[policy]``: the Postfix policy delegation listeners (none by default)."""
+
+    listen: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     proxy: ProxyConfig
@@ -122,6 +130,7 @@ class Config:
     store: StoreConfig
     policy: Policy
     schedule: Schedule = field(default_factory=lambda: Schedule(local_zone()))
+    policy_service: PolicyServiceConfig = field(default_factory=PolicyServiceConfig)
 
 
 CLIENT_IDENTITIES = ("xclient", "proxy-v1", "proxy-v2", "none")
@@ -157,8 +166,26 @@ def load_config(path: str | Path) -> Config:
     store = _store(root.table("store"))
     policy = _policy(root, source)
     schedule = read_schedule(root.table("schedule"), policy)
+    policy_service = _policy_service(root.table("policy"))
     root.finish()
-    return Config(source, proxy, backend, geoip, store, policy, schedule)
+    return Config(
+        source, proxy, backend, geoip, store, policy, schedule, policy_service
+    )
+
+
+def _policy_service(table: Table) -> PolicyServiceConfig:
+    def listener(value: str) -> str:
+        if value.startswith("unix:"):
+            if not value.removeprefix("unix:"):
+                raise ValueError("unix: needs a socket path")
+            return value
+        parse_endpoint(value)
+        return value
+
+    none: tuple[str, ...] = ()
+    listen = table.take("listen", none, lambda v: tuple(map(listener, strings(v))))
+    table.finish()
+    return PolicyServiceConfig(listen)
 
 
 def _proxy(table: Table) -> ProxyConfig:

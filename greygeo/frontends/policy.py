@@ -1,0 +1,154 @@
+"""The Postfix SMTPD policy delegation front end (SMTPD_POLICY_README).
+
+Postfix sends one request per line block: ``name=value`` lines ending with
+an empty line, many requests on one connection. greygeo decides on
+``protocol_state=RCPT`` with the same rules, greylisting, limits and log
+line as the proxy, and answers one ``action=...`` line and an empty line.
+
+Answers: accepted is ``DUNNO`` (Postfix's own restrictions go on), or a
+``PREPEND X-Greylist: ...`` for the first message of a triplet that was
+delayed; greylisted is ``DEFER_IF_PERMIT`` with the greylist text; any other
+refusal is the configured reply as a Postfix action (``421 4.7.0 ...``
+closes the session, as in the proxy). Other protocol states get ``DUNNO``.
+
+A malformed request (a line without ``=``, an over-long line, too many
+attributes) is logged and the connection is closed: Postfix then applies
+its ``default_action`` and reconnects.
+"""
+
+import asyncio
+import email.utils
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from greygeo.frontends.deciding import decide_or_fail, log_decision
+from greygeo.lookups.geoip import CountryLookup
+from greygeo.rules.engine import Decision, Policy, State, Verdict
+from greygeo.rules.facts import Facts, plain_address
+
+log = logging.getLogger(__name__)
+
+FRONT = "policy"
+MAX_LINE = 4096
+MAX_ATTRIBUTES = 200
+IDLE_TIMEOUT = 600.0  # Postfix closes idle policy connections after 300 s
+
+
+class PolicySource(Protocol):
+    """Where the policy server finds the policy in force (it can change)."""
+
+    policy: Policy
+
+
+class MalformedRequest(Exception):
+    """The peer does not speak the policy protocol."""
+
+
+class PolicyService:
+    def __init__(
+        self,
+        *,
+        source: PolicySource,
+        countries: CountryLookup,
+        state: State,
+        clock: Callable[[], float],
+        on_error: str,
+    ) -> None:
+        self.source = source
+        self.countries = countries
+        self.state = state
+        self.clock = clock
+        self.on_error = on_error
+        self._connections: set[asyncio.StreamWriter] = set()
+
+    def close(self) -> None:
+        """Close every Postfix connection (on shutdown)."""
+        for writer in list(self._connections):
+            writer.close()
+
+    async def serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One Postfix connection: requests until it closes."""
+        self._connections.add(writer)
+        try:
+            while True:
+                request = await _read_request(reader)
+                if request is None:
+                    return
+                action = await self.answer(request)
+                writer.write(f"action={action}\n\n".encode())
+                await writer.drain()
+        except MalformedRequest as error:
+            log.warning("policy request malformed, closing error=%s", error)
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._connections.discard(writer)
+            writer.close()
+
+    async def answer(self, request: dict[str, str]) -> str:
+        """The action for one request."""
+        if request.get("protocol_state", "").upper() != "RCPT":
+            return "DUNNO"
+        try:
+            client = plain_address(request.get("client_address", ""))
+        except ValueError:
+            log.warning("policy request without a client address, DUNNO")
+            return "DUNNO"
+
+        facts = Facts(
+            client=client,
+            country=self.countries.country(client),
+            helo=request.get("helo_name", ""),
+            sender=request.get("sender", ""),
+            recipient=request.get("recipient", ""),
+            transaction=f"policy.{request.get('instance', '')}",
+        )
+        policy = self.source.policy
+        decision = await decide_or_fail(
+            policy, facts, self.clock(), self.state, self.on_error
+        )
+        action = self._action(policy, decision)
+        log_decision(facts, decision, action.split(" ", 1)[0], FRONT)
+        return action
+
+    def _action(self, policy: Policy, decision: Decision) -> str:
+        if decision.verdict is Verdict.ACCEPT:
+            if decision.greylist_delay is not None and policy.greylist.header:
+                date = email.utils.formatdate(self.clock(), localtime=True)
+                return (
+                    f"PREPEND X-Greylist: delayed {round(decision.greylist_delay)} "
+                    f"seconds by greygeo; {date}"
+                )
+            return "DUNNO"
+        assert decision.reply is not None
+        if decision.action == "greylist":
+            return f"DEFER_IF_PERMIT {decision.reply.status} {decision.reply.text}"
+        return str(decision.reply)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> dict[str, str] | None:
+    """One request, or None when the peer closed between requests."""
+    request: dict[str, str] = {}
+    while True:
+        try:
+            line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
+        except ValueError as error:  # longer than the reader's limit
+            raise MalformedRequest("line too long") from error
+        if not line:
+            if request:
+                raise MalformedRequest("connection closed inside a request")
+            return None
+        if len(line) > MAX_LINE:
+            raise MalformedRequest("line too long")
+        text = line.decode("utf-8", "replace").rstrip("\r\n")
+        if not text:
+            return request
+        name, equals, value = text.partition("=")
+        if not equals or not name:
+            raise MalformedRequest(f"not name=value: {text[:80]!r}")
+        request[name] = value
+        if len(request) > MAX_ATTRIBUTES:
+            raise MalformedRequest("too many attributes")

@@ -1,0 +1,169 @@
+"""The Postfix policy delegation front end, over its own protocol.
+
+Requests are written as Postfix writes them: name=value lines and an empty
+line, several on one connection.
+"""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.harness import (
+    JP_CLIENT,
+    US_CLIENT,
+    DaemonThread,
+    FakeClock,
+    write_config,
+)
+from tests.postfix import free_port
+
+GREYLIST = """
+[[rules]]
+name = "GREYLIST"
+action = "greylist"
+"""
+
+
+class PolicyClient:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.file = self.sock.makefile("rb")
+
+    def send(self, **attributes: str) -> None:
+        self.sock.sendall(request(**attributes))
+
+    def answer(self) -> str:
+        line = self.file.readline().decode().rstrip("\n")
+        assert self.file.readline() == b"\n"
+        return line
+
+    def ask(self, **attributes: str) -> str:
+        self.send(**attributes)
+        return self.answer()
+
+    def closed(self) -> bool:
+        return self.file.read() == b""
+
+
+def request(**attributes: str) -> bytes:
+    values = {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "protocol_name": "ESMTP",
+        "client_address": US_CLIENT,
+        "client_name": "unknown",
+        "helo_name": "mail.sender.test",
+        "sender": "foo@example.com",
+        "recipient": "bar@example.com",
+        "instance": "1.1.1",
+        **attributes,
+    }
+    return "".join(f"{k}={v}\n" for k, v in values.items()).encode() + b"\n"
+
+
+def start(tmp_path: Path, geoip_db: Path, rules: str | None = None, clock=None):
+    port = free_port()
+    kwargs = {"rules": rules} if rules is not None else {}
+    config = write_config(
+        tmp_path,
+        geoip=geoip_db,
+        backend=f"maildir:{tmp_path / 'mail'}",
+        extra=f'[policy]\nlisten = ["127.0.0.1:{port}"]\n',
+        **kwargs,
+    )
+    daemon = DaemonThread.from_file(config, clock or FakeClock())
+    daemon.policy_port = port
+    return daemon
+
+
+@pytest.fixture
+def service(tmp_path, geoip_db):
+    with start(tmp_path, geoip_db) as daemon:
+        yield daemon
+
+
+def test_the_four_scenarios_of_the_recipe(service):
+    client = PolicyClient(service.policy_port)
+    # 1. US client: the first passes, the next within the minute is refused.
+    assert client.ask(instance="1") == "action=DUNNO"
+    assert client.ask(instance="2") == "action=421 4.7.0 Please Try Again Later."
+    # 2. EHLO localhost from the US.
+    assert client.ask(helo_name="localhost", recipient="x@other.test") == (
+        "action=421 4.7.0 Please Try Again Later."
+    )
+    # 3. A .google.com HELO.
+    assert client.ask(helo_name="hoge.google.com", instance="3") == "action=DUNNO"
+    # 4. Japan, even with EHLO localhost.
+    assert client.ask(client_address=JP_CLIENT, helo_name="localhost") == (
+        "action=DUNNO"
+    )
+
+
+def test_other_protocol_states_get_dunno(service):
+    client = PolicyClient(service.policy_port)
+    for state in ("CONNECT", "MAIL", "DATA", "END-OF-MESSAGE"):
+        assert client.ask(protocol_state=state) == "action=DUNNO"
+
+
+def test_a_pipelined_burst_is_answered_in_order(service):
+    client = PolicyClient(service.policy_port)
+    burst = b"".join(
+        request(recipient=f"user@domain{n}.test", instance=str(n)) for n in range(50)
+    )
+    burst += request(recipient="again@domain0.test", instance="later")
+    client.sock.sendall(burst)
+    answers = [client.answer() for _ in range(51)]
+    assert answers[:50] == ["action=DUNNO"] * 50
+    assert answers[50] == "action=421 4.7.0 Please Try Again Later."
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"this is not a policy request\n\n",
+        b"a=" + b"x" * 10_000 + b"\n\n",
+        b"".join(b"k%d=v\n" % n for n in range(500)) + b"\n",
+    ],
+)
+def test_malformed_requests_close_the_connection(service, garbage, caplog):
+    caplog.set_level("WARNING", logger="greygeo")
+    client = PolicyClient(service.policy_port)
+    client.sock.sendall(garbage)
+    assert client.closed()
+    assert any("policy request malformed" in r.getMessage() for r in caplog.records)
+    assert PolicyClient(service.policy_port).ask() == "action=DUNNO"
+
+
+def test_request_without_a_client_address_gets_dunno(service):
+    client = PolicyClient(service.policy_port)
+    assert client.ask(client_address="") == "action=DUNNO"
+
+
+def test_greylisting_life_cycle(tmp_path, geoip_db):
+    clock = FakeClock()
+    with start(tmp_path, geoip_db, GREYLIST, clock) as daemon:
+        client = PolicyClient(daemon.policy_port)
+        assert client.ask(instance="1") == (
+            "action=DEFER_IF_PERMIT 4.7.1 Greylisted, please try again in 300 seconds"
+        )
+        clock.advance(100)
+        assert client.ask(instance="2").endswith("try again in 200 seconds")
+        clock.advance(250)
+        answer = client.ask(instance="3")
+        assert answer.startswith(
+            "action=PREPEND X-Greylist: delayed 350 seconds by greygeo; "
+        )
+        clock.advance(10)
+        assert client.ask(instance="4") == "action=DUNNO"
+
+
+def test_the_proxy_and_the_policy_service_decide_alike(tmp_path, geoip_db):
+    """The same input and state give the same decision on either front."""
+    with start(tmp_path, geoip_db, GREYLIST) as daemon:
+        raw = daemon.raw(US_CLIENT)
+        raw.command("EHLO mail.sender.test")
+        raw.command("MAIL FROM:<foo@example.com>")
+        assert raw.command("RCPT TO:<bar@example.com>").startswith("451 4.7.1")
+        policy = PolicyClient(daemon.policy_port)
+        assert policy.ask().startswith("action=DEFER_IF_PERMIT 4.7.1 Greylisted")
