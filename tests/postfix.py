@@ -128,8 +128,11 @@ class Postfix:
         )
 
 
-def start_postfix(root: Path, mailboxes: tuple[str, ...]) -> Postfix:
-    """Write a complete instance under ``root`` and start it."""
+def start_postfix(
+    root: Path, mailboxes: tuple[str, ...], extra_main: str = ""
+) -> Postfix:
+    """Write a complete instance under ``root`` and start it; ``extra_main``
+    is appended to main.cf."""
     if shutil.which("postfix") is None:
         raise RuntimeError("Postfix is not installed: apt-get install postfix")
     root.chmod(0o755)
@@ -184,6 +187,7 @@ virtual_minimum_uid = 1
 maillog_file = {log}/postfix.log
 maillog_file_prefixes = {root}
 biff = no
+{extra_main}
 """)
     (etc / "master.cf").write_text(_listener(port) + _SERVICES)
 

@@ -4,11 +4,15 @@ Requests are written as Postfix writes them: name=value lines and an empty
 line, several on one connection.
 """
 
+import shutil
 import socket
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import postfix_required
 from tests.harness import (
     JP_CLIENT,
     US_CLIENT,
@@ -16,7 +20,7 @@ from tests.harness import (
     FakeClock,
     write_config,
 )
-from tests.postfix import free_port
+from tests.postfix import CONTRIB, free_port, start_postfix
 
 GREYLIST = """
 [[rules]]
@@ -167,3 +171,57 @@ def test_the_proxy_and_the_policy_service_decide_alike(tmp_path, geoip_db):
         assert raw.command("RCPT TO:<bar@example.com>").startswith("451 4.7.1")
         policy = PolicyClient(daemon.policy_port)
         assert policy.ask().startswith("action=DEFER_IF_PERMIT 4.7.1 Greylisted")
+
+
+def swaks(port: int, source: str, helo: str, to: str = "bar@example.com") -> str:
+    result = subprocess.run(
+        [
+            "swaks",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--local-interface",
+            source,
+            "--helo",
+            helo,
+            "--from",
+            "foo@sender.test",
+            "--to",
+            to,
+            "--timeout",
+            "20",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.stdout
+
+
+def test_recipe_scenarios_through_postfix_with_check_policy_service(tmp_path, geoip_db):
+    """Postfix on the front, configured with contrib/postfix/policy-main.cf,
+    asks greygeo; swaks is the client."""
+    postfix_required()
+    root = Path(tempfile.mkdtemp(prefix="greygeo-postfix-policy-"))
+    with start(tmp_path, geoip_db) as daemon:
+        lines = (
+            (CONTRIB / "policy-main.cf")
+            .read_text()
+            .replace("127.0.0.1:10023", f"127.0.0.1:{daemon.policy_port}")
+        )
+        postfix = start_postfix(root, ("bar",), extra_main=lines)
+        try:
+            first = swaks(postfix.port, US_CLIENT, "mail.sender.test")
+            again = swaks(postfix.port, US_CLIENT, "mail.sender.test")
+            localhost = swaks(postfix.port, US_CLIENT, "localhost", "x@example.com")
+            google = swaks(postfix.port, US_CLIENT, "hoge.google.com")
+            japan = swaks(postfix.port, JP_CLIENT, "localhost")
+            postfix.wait_for_delivery("bar", 3)
+        finally:
+            postfix.stop()
+            shutil.rmtree(root, ignore_errors=True)
+    refused = "<** 421 4.7.0 <{}>: Recipient address rejected: Please Try Again Later."
+    assert "<-  250 2.0.0 Ok: queued" in first
+    assert refused.format("bar@example.com") in again
+    assert refused.format("x@example.com") in localhost
+    assert "<-  250 2.0.0 Ok: queued" in google
+    assert "<-  250 2.0.0 Ok: queued" in japan
