@@ -16,11 +16,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from greygeo.config import Config, ConfigError, load_config, parse_endpoint
+from greygeo.frontends.auth_http import AuthHttpService, backend_for_nginx
 from greygeo.frontends.backend import Backend, BackendError, SmtpBackend
 from greygeo.frontends.maildir import MaildirBackend
 from greygeo.frontends.policy import MAX_LINE, PolicyService
@@ -51,6 +53,7 @@ class Daemon:
     servers: list[asyncio.Server] = field(default_factory=list)
     policy_servers: list[asyncio.Server] = field(default_factory=list)
     policy_service: PolicyService | None = None
+    web_runner: web.AppRunner | None = None
     scheduler: AsyncIOScheduler | None = None
     periods: list[str] = field(default_factory=list)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -186,6 +189,8 @@ class Daemon:
             session.say_goodbye()
         if self.policy_service is not None:
             self.policy_service.close()
+        if self.web_runner is not None:
+            await self.web_runner.cleanup()
         await asyncio.sleep(0.05)  # let the closed sessions see their end
         self.handler.sessions.clear()
         await self.store.close()
@@ -269,6 +274,7 @@ async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Da
     daemon.switch()
     daemon.start_jobs()
     await _start_policy_service(daemon)
+    await _start_auth_http(daemon)
     _log_summary(daemon, backend, context is not None)
     return daemon
 
@@ -315,6 +321,34 @@ def _quiet_tls_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) 
     loop.default_exception_handler(context)
 
 
+async def _start_auth_http(daemon: Daemon) -> None:
+    """The nginx auth_http listeners, if any are configured."""
+    if not daemon.config.auth_http.listen:
+        return
+    try:
+        backend = backend_for_nginx(daemon.config.backend.endpoint)
+    except ValueError as error:
+        await daemon.stop(grace=0)
+        raise StartupError(str(error)) from error
+    service = AuthHttpService(
+        source=daemon.handler,
+        countries=daemon.countries,
+        state=daemon.store,
+        clock=daemon.clock,
+        on_error=daemon.config.store.on_error,
+        backend=backend,
+    )
+    runner = web.AppRunner(service.app, access_log=None)
+    await runner.setup()
+    daemon.web_runner = runner
+    for endpoint in daemon.config.auth_http.listen:
+        try:
+            await web.TCPSite(runner, endpoint.host, endpoint.port).start()
+        except OSError as error:
+            await daemon.stop(grace=0)
+            raise StartupError(f"cannot listen on {endpoint}: {error}") from error
+
+
 def _log_summary(daemon: Daemon, backend: Backend, tls: bool) -> None:
     config = daemon.config
     built = daemon.countries.built
@@ -337,6 +371,7 @@ def _log_summary(daemon: Daemon, backend: Backend, tls: bool) -> None:
             "store": str(config.store.path),
             "starttls": "on" if tls else "off",
             "policy": ",".join(config.policy_service.listen) or "off",
+            "auth_http": ",".join(map(str, config.auth_http.listen)) or "off",
             "schedule": config.schedule.zone.key,
             "periods": ",".join(daemon.periods) or "base",
         },

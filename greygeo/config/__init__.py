@@ -41,6 +41,7 @@ __all__ = [
     "CLIENT_IDENTITIES",
     "DEFAULT_REJECT",
     "DEFAULT_TEMPFAIL",
+    "AuthHttpConfig",
     "BackendConfig",
     "Config",
     "ConfigError",
@@ -122,6 +123,13 @@ class PolicyServiceConfig:
 
 
 @dataclass(frozen=True)
+class AuthHttpConfig:
+    """``[auth_http]``: the nginx mail auth_http listeners (none by default)."""
+
+    listen: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     proxy: ProxyConfig
@@ -131,6 +139,7 @@ class Config:
     policy: Policy
     schedule: Schedule = field(default_factory=lambda: Schedule(local_zone()))
     policy_service: PolicyServiceConfig = field(default_factory=PolicyServiceConfig)
+    auth_http: AuthHttpConfig = field(default_factory=AuthHttpConfig)
 
 
 CLIENT_IDENTITIES = ("xclient", "proxy-v1", "proxy-v2", "none")
@@ -167,10 +176,30 @@ def load_config(path: str | Path) -> Config:
     policy = _policy(root, source)
     schedule = read_schedule(root.table("schedule"), policy)
     policy_service = _policy_service(root.table("policy"))
+    auth_http = _auth_http(root.table("auth_http"), backend)
     root.finish()
     return Config(
-        source, proxy, backend, geoip, store, policy, schedule, policy_service
+        source,
+        proxy,
+        backend,
+        geoip,
+        store,
+        policy,
+        schedule,
+        policy_service,
+        auth_http,
     )
+
+
+def _auth_http(table: Table, backend: BackendConfig) -> AuthHttpConfig:
+    none: tuple[Endpoint, ...] = ()
+    listen = table.take(
+        "listen", none, lambda v: tuple(map(parse_endpoint, strings(v)))
+    )
+    table.finish()
+    if listen and backend.maildir is not None:
+        raise table.error("listen", "auth_http needs an SMTP [backend] address")
+    return AuthHttpConfig(listen)
 
 
 def _policy_service(table: Table) -> PolicyServiceConfig:

@@ -1,0 +1,113 @@
+"""The nginx mail ``auth_http`` front end: the original recipe's nginx asks
+greygeo, with the same rules, state and log line as the proxy.
+
+nginx's mail module (with ``smtp_auth none``) makes one HTTP request per
+client connection, after the first RCPT, with the client in ``Client-IP``,
+``Auth-SMTP-Helo``, and the envelope as the commands the client sent
+(``Auth-SMTP-From: MAIL FROM:<a@b> SIZE=1``, ``Auth-SMTP-To: RCPT TO:<c@d>``).
+greygeo answers ``Auth-Status: OK`` with ``Auth-Server``/``Auth-Port`` of
+the configured backend, or ``Auth-Status: <text>`` with
+``Auth-Error-Code: <code> <status>``, which nginx sends to the client. Any
+path is answered, so the recipe's ``auth_http 127.0.0.1/smtpproxy/;`` works
+unchanged.
+
+nginx asks about the first recipient only: that is the limit of the recipe
+which the proxy front end lifts.
+"""
+
+import logging
+import re
+import secrets
+from collections.abc import Callable
+from ipaddress import ip_address
+
+from aiohttp import web
+
+from greygeo.config import Endpoint
+from greygeo.frontends.deciding import decide_or_fail, log_decision
+from greygeo.frontends.policy import PolicySource
+from greygeo.lookups.geoip import CountryLookup
+from greygeo.rules.engine import State, Verdict
+from greygeo.rules.facts import Facts, plain_address
+
+log = logging.getLogger(__name__)
+
+FRONT = "auth_http"
+_PATH = re.compile(r"<([^<>]*)>")
+
+
+class AuthHttpService:
+    def __init__(
+        self,
+        *,
+        source: PolicySource,
+        countries: CountryLookup,
+        state: State,
+        clock: Callable[[], float],
+        on_error: str,
+        backend: Endpoint,
+    ) -> None:
+        self.source = source
+        self.countries = countries
+        self.state = state
+        self.clock = clock
+        self.on_error = on_error
+        self.backend = backend
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        headers = request.headers
+        try:
+            client = plain_address(headers.get("Client-IP", ""))
+        except ValueError:
+            log.warning("auth_http request without a usable Client-IP")
+            return _refuse("Temporary authentication failure", "451 4.3.0")
+
+        facts = Facts(
+            client=client,
+            country=self.countries.country(client),
+            helo=headers.get("Auth-SMTP-Helo", ""),
+            sender=_address(headers.get("Auth-SMTP-From", "")),
+            recipient=_address(headers.get("Auth-SMTP-To", "")),
+            transaction=f"auth_http.{secrets.token_hex(5)}",
+        )
+        decision = await decide_or_fail(
+            self.source.policy, facts, self.clock(), self.state, self.on_error
+        )
+        if decision.verdict is Verdict.ACCEPT:
+            log_decision(facts, decision, "OK", FRONT)
+            return web.Response(
+                headers={
+                    "Auth-Status": "OK",
+                    "Auth-Server": self.backend.host,
+                    "Auth-Port": str(self.backend.port),
+                }
+            )
+        assert decision.reply is not None
+        reply = decision.reply
+        log_decision(facts, decision, reply.code, FRONT)
+        return _refuse(reply.text, f"{reply.code} {reply.status}")
+
+
+def _refuse(text: str, code: str) -> web.Response:
+    return web.Response(headers={"Auth-Status": text, "Auth-Error-Code": code})
+
+
+def _address(command: str) -> str:
+    """The address in ``MAIL FROM:<a@b> SIZE=1``; ``<>`` is empty."""
+    match = _PATH.search(command)
+    if match:
+        return match[1]
+    return command.partition(":")[2].strip()
+
+
+def backend_for_nginx(endpoint: Endpoint) -> Endpoint:
+    """nginx takes an IP address in Auth-Server, not a name."""
+    try:
+        ip_address(endpoint.host)
+    except ValueError as error:
+        raise ValueError(
+            f"auth_http needs [backend] address as an IP address, not {endpoint.host!r}"
+        ) from error
+    return endpoint
