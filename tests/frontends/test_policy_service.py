@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import postfix_required
+from tests.frontends.test_auth_http import ask
 from tests.harness import (
     JP_CLIENT,
     US_CLIENT,
@@ -162,15 +163,37 @@ def test_greylisting_life_cycle(tmp_path, geoip_db):
         assert client.ask(instance="4") == "action=DUNNO"
 
 
-def test_the_proxy_and_the_policy_service_decide_alike(tmp_path, geoip_db):
-    """The same input and state give the same decision on either front."""
-    with start(tmp_path, geoip_db, GREYLIST) as daemon:
+def test_the_three_fronts_decide_alike(tmp_path, geoip_db, caplog):
+    """The same input and state give the same decision from the proxy, the
+    policy service and auth_http, and the same decision line."""
+    auth_port = free_port()
+    config = write_config(
+        tmp_path,
+        geoip=geoip_db,
+        backend=f"127.0.0.1:{free_port()}",
+        backend_extra='client_identity = "none"',
+        rules=GREYLIST,
+        extra=f'[auth_http]\nlisten = ["127.0.0.1:{auth_port}"]\n'
+        f'[policy]\nlisten = ["127.0.0.1:{free_port()}"]\n',
+    )
+    caplog.set_level("INFO", logger="greygeo")
+    with DaemonThread.from_file(config, FakeClock()) as daemon:
+        policy_port = daemon.config.policy_service.listen[0].rpartition(":")[2]
         raw = daemon.raw(US_CLIENT)
         raw.command("EHLO mail.sender.test")
         raw.command("MAIL FROM:<foo@example.com>")
         assert raw.command("RCPT TO:<bar@example.com>").startswith("451 4.7.1")
-        policy = PolicyClient(daemon.policy_port)
+        policy = PolicyClient(int(policy_port))
         assert policy.ask().startswith("action=DEFER_IF_PERMIT 4.7.1 Greylisted")
+        headers = ask(auth_port, US_CLIENT, "mail.sender.test")
+        assert headers["Auth-Error-Code"] == "451 4.7.1"
+    lines = [r for r in caplog.records if r.getMessage() == "decision"]
+    assert [r.front for r in lines] == ["smtp", "policy", "auth_http"]
+    assert [(r.rule, r.verdict, r.reason) for r in lines] == [
+        ("GREYLIST", "defer", "new"),
+        ("GREYLIST", "defer", "early retry"),
+        ("GREYLIST", "defer", "early retry"),
+    ]
 
 
 def swaks(port: int, source: str, helo: str, to: str = "bar@example.com") -> str:
