@@ -25,7 +25,7 @@ from greygeo.config import Config, ConfigError, load_config, parse_endpoint
 from greygeo.frontends.auth_http import AuthHttpService, backend_for_nginx
 from greygeo.frontends.backend import Backend, BackendError, SmtpBackend
 from greygeo.frontends.maildir import MaildirBackend
-from greygeo.frontends.policy import MAX_LINE, PolicyService
+from greygeo.frontends.policy import MAX_REQUEST, PolicyService
 from greygeo.frontends.protocol import ProxyServer
 from greygeo.frontends.smtp import ProxyHandler
 from greygeo.lookups.geoip import CountryLookup, GeoipError
@@ -289,7 +289,7 @@ async def _start_policy_service(daemon: Daemon) -> None:
         on_error=daemon.config.store.on_error,
     )
     daemon.policy_service = service
-    limit = MAX_LINE + 2
+    limit = MAX_REQUEST
     for item in daemon.config.policy_service.listen:
         try:
             if item.startswith("unix:"):
