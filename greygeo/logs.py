@@ -52,6 +52,22 @@ class LogfmtFormatter(logging.Formatter):
         return " ".join(parts)
 
 
+class _NoBadRequests(logging.Filter):
+    """A malformed HTTP request to auth_http is the client's fault: aiohttp
+    answers it with 400, and it needs no ERROR line with a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return type(error).__name__ not in (
+            "BadHttpMessage",
+            "BadStatusLine",
+            "LineTooLong",
+            "InvalidHeader",
+            "TransferEncodingError",
+            "ContentLengthError",
+        )
+
+
 def setup_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogfmtFormatter())
@@ -62,3 +78,4 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     # APScheduler logs every job run at INFO; greygeo logs what the jobs do.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_NoBadRequests())

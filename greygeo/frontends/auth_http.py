@@ -57,7 +57,7 @@ class AuthHttpService:
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
-        headers = request.headers
+        headers = {name: _text(value) for name, value in request.headers.items()}
         try:
             client = plain_address(headers.get("Client-IP", ""))
         except ValueError:
@@ -94,12 +94,20 @@ def _refuse(text: str, code: str) -> web.Response:
     return web.Response(headers={"Auth-Status": text, "Auth-Error-Code": code})
 
 
+def _text(value: str) -> str:
+    """A header value as proper text: bytes that were not UTF-8 become U+FFFD
+    (the HTTP parser hands them over as surrogates, which no store takes)."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _address(command: str) -> str:
-    """The address in ``MAIL FROM:<a@b> SIZE=1``; ``<>`` is empty."""
+    """The address in ``MAIL FROM:<a@b> SIZE=1`` or a bare ``a@b``; ``<>``
+    is empty."""
     match = _PATH.search(command)
     if match:
         return match[1]
-    return command.partition(":")[2].strip()
+    _, colon, rest = command.partition(":")
+    return (rest if colon else command).strip()
 
 
 def backend_for_nginx(endpoint: Endpoint) -> Endpoint:

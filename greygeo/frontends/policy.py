@@ -19,6 +19,7 @@ its ``default_action`` and reconnects.
 import asyncio
 import email.utils
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Protocol
 
@@ -105,7 +106,9 @@ class PolicyService:
             helo=request.get("helo_name", ""),
             sender=request.get("sender", ""),
             recipient=request.get("recipient", ""),
-            transaction=f"policy.{request.get('instance', '')}",
+            # Postfix's instance names the message; without one, each
+            # request is a transaction of its own.
+            transaction=f"policy.{request.get('instance') or secrets.token_hex(8)}",
         )
         policy = self.source.policy
         decision = await decide_or_fail(

@@ -180,3 +180,43 @@ def test_recipe_scenarios_behind_real_nginx(tmp_path, geoip_db, nginx_prefix):
     assert [code for code, _ in replies] == [250, 421, 421, 250, 250]
     assert replies[1] == refused and replies[2] == refused
     assert len(backend.record.messages) == 3
+
+
+def test_odd_header_values_get_an_answer_not_a_500(tmp_path, geoip_db):
+    """Non-UTF-8 bytes in a header, a bare address without the command."""
+    import socket
+
+    with RecordingBackend() as backend, start(tmp_path, geoip_db, backend.address) as d:
+        with socket.create_connection(("127.0.0.1", d.auth_port), timeout=10) as sock:
+            sock.sendall(
+                b"GET / HTTP/1.0\r\nClient-IP: 127.0.1.60\r\nAuth-SMTP-Helo: h\r\n"
+                b"Auth-SMTP-From: MAIL FROM:<a@b.test>\r\n"
+                b"Auth-SMTP-To: RCPT TO:<x@\xff\xfe.example>\r\n\r\n"
+            )
+            head = sock.recv(4096)
+        assert head.startswith(b"HTTP/1.0 200") and b"Auth-Status: OK" in head
+
+        connection = http.client.HTTPConnection("127.0.0.1", d.auth_port, timeout=10)
+        connection.request(
+            "GET",
+            "/",
+            headers={
+                "Client-IP": US_CLIENT,
+                "Auth-SMTP-Helo": "example.com",
+                "Auth-SMTP-From": "a@b.test",
+                "Auth-SMTP-To": "bare@limited.test",
+            },
+        )
+        assert connection.getresponse().getheader("Auth-Status") == "OK"
+        connection = http.client.HTTPConnection("127.0.0.1", d.auth_port, timeout=10)
+        connection.request(
+            "GET",
+            "/",
+            headers={
+                "Client-IP": US_CLIENT,
+                "Auth-SMTP-Helo": "example.com",
+                "Auth-SMTP-From": "a@b.test",
+                "Auth-SMTP-To": "other@limited.test",
+            },
+        )
+        assert connection.getresponse().getheader("Auth-Error-Code") == "421 4.7.0"

@@ -248,3 +248,13 @@ def test_recipe_scenarios_through_postfix_with_check_policy_service(tmp_path, ge
     assert refused.format("x@example.com") in localhost
     assert "<-  250 2.0.0 Ok: queued" in google
     assert "<-  250 2.0.0 Ok: queued" in japan
+
+
+def test_requests_without_instance_are_separate_transactions(service):
+    """Only Postfix's instance joins requests into one message; without it a
+    second request to the same domain is a second transaction."""
+    client = PolicyClient(service.policy_port)
+    assert client.ask(instance="", recipient="u0@noinst.test") == "action=DUNNO"
+    assert client.ask(instance="", recipient="u1@noinst.test") == (
+        "action=421 4.7.0 Please Try Again Later."
+    )
