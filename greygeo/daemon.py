@@ -24,6 +24,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from greygeo.config import Config, ConfigError, load_config, parse_endpoint
 from greygeo.frontends.auth_http import AuthHttpService, backend_for_nginx
 from greygeo.frontends.backend import Backend, BackendError, SmtpBackend
+from greygeo.frontends.deciding import Decider
 from greygeo.frontends.maildir import MaildirBackend
 from greygeo.frontends.policy import MAX_REQUEST, PolicyService
 from greygeo.frontends.protocol import ProxyServer
@@ -113,18 +114,19 @@ class Daemon:
         """Put in force the policy of the periods active now."""
         instant = datetime.fromtimestamp(self.clock(), UTC)
         policy, names = policy_at(self.config.policy, self.config.schedule, instant)
-        if names == self.periods and policy == self.handler.policy:
+        if names == self.periods and policy == self.handler.decider.policy:
             return
         log.info(
             "schedule switch",
             extra={
                 "from": ",".join(self.periods) or "base",
                 "to": ",".join(names) or "base",
-                "changes": " ".join(changes(self.handler.policy, policy)) or "none",
+                "changes": " ".join(changes(self.handler.decider.policy, policy))
+                or "none",
             },
         )
         self.periods = names
-        self.handler.policy = policy
+        self.handler.decider.policy = policy
 
     def reload(self) -> bool:
         """Re-read the config file; swap in the new policy and schedule at
@@ -146,7 +148,9 @@ class Daemon:
             )
         self.config = replace(self.config, policy=new.policy, schedule=new.schedule)
         instant = datetime.fromtimestamp(self.clock(), UTC)
-        self.handler.policy, self.periods = policy_at(new.policy, new.schedule, instant)
+        self.handler.decider.policy, self.periods = policy_at(
+            new.policy, new.schedule, instant
+        )
         if self.scheduler is not None:
             self._schedule_switches()
             self.scheduler.reschedule_job(
@@ -236,14 +240,15 @@ async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Da
         await store.close()
         raise StartupError(f"backend {backend.description}: {error}") from error
 
-    handler = ProxyHandler(
+    decider = Decider(
         policy=config.policy,
-        backend=backend,
         countries=countries,
         state=store,
         clock=clock,
-        max_recipients=config.proxy.max_recipients,
         on_error=config.store.on_error,
+    )
+    handler = ProxyHandler(
+        decider=decider, backend=backend, max_recipients=config.proxy.max_recipients
     )
     daemon = Daemon(config, handler, store, countries, clock)
 
@@ -281,13 +286,7 @@ async def start(config: Config, *, clock: Callable[[], float] = time.time) -> Da
 
 async def _start_policy_service(daemon: Daemon) -> None:
     """The Postfix policy delegation listeners, if any are configured."""
-    service = PolicyService(
-        source=daemon.handler,
-        countries=daemon.countries,
-        state=daemon.store,
-        clock=daemon.clock,
-        on_error=daemon.config.store.on_error,
-    )
+    service = PolicyService(daemon.handler.decider)
     daemon.policy_service = service
     limit = MAX_REQUEST
     for item in daemon.config.policy_service.listen:
@@ -330,14 +329,7 @@ async def _start_auth_http(daemon: Daemon) -> None:
     except ValueError as error:
         await daemon.stop(grace=0)
         raise StartupError(str(error)) from error
-    service = AuthHttpService(
-        source=daemon.handler,
-        countries=daemon.countries,
-        state=daemon.store,
-        clock=daemon.clock,
-        on_error=daemon.config.store.on_error,
-        backend=backend,
-    )
+    service = AuthHttpService(daemon.handler.decider, backend)
     runner = web.AppRunner(service.app, access_log=None)
     await runner.setup()
     daemon.web_runner = runner

@@ -18,16 +18,13 @@ which the proxy front end lifts.
 import logging
 import re
 import secrets
-from collections.abc import Callable
 from ipaddress import ip_address
 
 from aiohttp import web
 
 from greygeo.config import Endpoint
-from greygeo.frontends.deciding import decide_or_fail, log_decision
-from greygeo.frontends.policy import PolicySource
-from greygeo.lookups.geoip import CountryLookup
-from greygeo.rules.engine import State, Verdict
+from greygeo.frontends.deciding import Decider, log_decision
+from greygeo.rules.engine import Verdict
 from greygeo.rules.facts import Facts, plain_address
 
 log = logging.getLogger(__name__)
@@ -37,21 +34,8 @@ _PATH = re.compile(r"<([^<>]*)>")
 
 
 class AuthHttpService:
-    def __init__(
-        self,
-        *,
-        source: PolicySource,
-        countries: CountryLookup,
-        state: State,
-        clock: Callable[[], float],
-        on_error: str,
-        backend: Endpoint,
-    ) -> None:
-        self.source = source
-        self.countries = countries
-        self.state = state
-        self.clock = clock
-        self.on_error = on_error
+    def __init__(self, decider: Decider, backend: Endpoint) -> None:
+        self.decider = decider
         self.backend = backend
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.handle)
@@ -66,15 +50,13 @@ class AuthHttpService:
 
         facts = Facts(
             client=client,
-            country=self.countries.country(client),
+            country=self.decider.country(client),
             helo=headers.get("Auth-SMTP-Helo", ""),
             sender=_address(headers.get("Auth-SMTP-From", "")),
             recipient=_address(headers.get("Auth-SMTP-To", "")),
             transaction=f"auth_http.{secrets.token_hex(5)}",
         )
-        decision = await decide_or_fail(
-            self.source.policy, facts, self.clock(), self.state, self.on_error
-        )
+        decision = await self.decider.decide(facts)
         if decision.verdict is Verdict.ACCEPT:
             log_decision(facts, decision, "OK", FRONT)
             return web.Response(

@@ -17,15 +17,11 @@ its ``default_action`` and reconnects.
 """
 
 import asyncio
-import email.utils
 import logging
 import secrets
-from collections.abc import Callable
-from typing import Protocol
 
-from greygeo.frontends.deciding import decide_or_fail, log_decision
-from greygeo.lookups.geoip import CountryLookup
-from greygeo.rules.engine import Decision, Policy, State, Verdict
+from greygeo.frontends.deciding import Decider, log_decision
+from greygeo.rules.engine import Decision, Verdict
 from greygeo.rules.facts import Facts, plain_address
 
 log = logging.getLogger(__name__)
@@ -37,31 +33,13 @@ MAX_REQUEST = 64 * 1024
 IDLE_TIMEOUT = 600.0  # Postfix closes idle policy connections after 300 s
 
 
-class PolicySource(Protocol):
-    """Where the policy server finds the policy in force (it can change)."""
-
-    policy: Policy
-
-
 class MalformedRequest(Exception):
     """The peer does not speak the policy protocol."""
 
 
 class PolicyService:
-    def __init__(
-        self,
-        *,
-        source: PolicySource,
-        countries: CountryLookup,
-        state: State,
-        clock: Callable[[], float],
-        on_error: str,
-    ) -> None:
-        self.source = source
-        self.countries = countries
-        self.state = state
-        self.clock = clock
-        self.on_error = on_error
+    def __init__(self, decider: Decider) -> None:
+        self.decider = decider
         self._connections: set[asyncio.StreamWriter] = set()
 
     def close(self) -> None:
@@ -102,7 +80,7 @@ class PolicyService:
 
         facts = Facts(
             client=client,
-            country=self.countries.country(client),
+            country=self.decider.country(client),
             helo=request.get("helo_name", ""),
             sender=request.get("sender", ""),
             recipient=request.get("recipient", ""),
@@ -110,23 +88,15 @@ class PolicyService:
             # request is a transaction of its own.
             transaction=f"policy.{request.get('instance') or secrets.token_hex(8)}",
         )
-        policy = self.source.policy
-        decision = await decide_or_fail(
-            policy, facts, self.clock(), self.state, self.on_error
-        )
-        action = self._action(policy, decision)
+        decision = await self.decider.decide(facts)
+        action = self._action(decision)
         log_decision(facts, decision, action.split(" ", 1)[0], FRONT)
         return action
 
-    def _action(self, policy: Policy, decision: Decision) -> str:
+    def _action(self, decision: Decision) -> str:
         if decision.verdict is Verdict.ACCEPT:
-            if decision.greylist_delay is not None and policy.greylist.header:
-                date = email.utils.formatdate(self.clock(), localtime=True)
-                return (
-                    f"PREPEND X-Greylist: delayed {round(decision.greylist_delay)} "
-                    f"seconds by greygeo; {date}"
-                )
-            return "DUNNO"
+            header = self.decider.greylist_header(decision.greylist_delay)
+            return "DUNNO" if header is None else f"PREPEND {header}"
         assert decision.reply is not None
         if decision.action == "greylist":
             return f"DEFER_IF_PERMIT {decision.reply.status} {decision.reply.text}"

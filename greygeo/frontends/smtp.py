@@ -22,18 +22,15 @@ Protocol notes:
 """
 
 import asyncio
-import email.utils
 import logging
 import re
-from collections.abc import Callable
 
 from aiosmtpd.smtp import Session, TLSSetupException
 
 from greygeo.frontends.backend import BROKEN, Answer, Backend, BackendError, Relay
-from greygeo.frontends.deciding import decide_or_fail, log_decision
+from greygeo.frontends.deciding import Decider, log_decision
 from greygeo.frontends.protocol import ProxyServer, Transaction
-from greygeo.lookups.geoip import CountryLookup
-from greygeo.rules.engine import Policy, State, Verdict
+from greygeo.rules.engine import Verdict
 from greygeo.rules.facts import Facts
 
 log = logging.getLogger(__name__)
@@ -55,23 +52,11 @@ class ProxyHandler:
         return [name for name in dir(type(self)) if name.startswith("handle_")]
 
     def __init__(
-        self,
-        *,
-        policy: Policy,
-        backend: Backend,
-        countries: CountryLookup,
-        state: State,
-        clock: Callable[[], float],
-        max_recipients: int,
-        on_error: str = "tempfail",
+        self, *, decider: Decider, backend: Backend, max_recipients: int
     ) -> None:
-        self.policy = policy
+        self.decider = decider
         self.backend = backend
-        self.countries = countries
-        self.state = state
-        self.clock = clock
         self.max_recipients = max_recipients
-        self.on_error = on_error
         self.sessions: set[ProxyServer] = set()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -147,15 +132,13 @@ class ProxyHandler:
 
         facts = Facts(
             client=server.client,
-            country=server.country(self.countries),
+            country=server.country(self.decider.countries),
             helo=session.host_name or "",
             sender=envelope.sender,
             recipient=address,
             transaction=envelope.id,
         )
-        decision = await decide_or_fail(
-            self.policy, facts, self.clock(), self.state, self.on_error
-        )
+        decision = await self.decider.decide(facts)
         if decision.verdict is not Verdict.ACCEPT:
             assert decision.reply is not None
             log_decision(facts, decision, decision.reply.code, FRONT)
@@ -221,8 +204,9 @@ class ProxyHandler:
         if envelope.relay is None:
             return "451 4.4.2 Mail system connection lost, try again later"
         content = _crlf_only(envelope.original_content or b"")
-        if envelope.greylist_delay is not None and self.policy.greylist.header:
-            content = self._greylist_header(envelope.greylist_delay) + content
+        header = self.decider.greylist_header(envelope.greylist_delay)
+        if header is not None:
+            content = header.encode() + b"\r\n" + content
         try:
             answer = await envelope.relay.data(content)
         except BackendError as error:
@@ -246,11 +230,6 @@ class ProxyHandler:
             },
         )
         return answer.wire()
-
-    def _greylist_header(self, delay: float) -> bytes:
-        date = email.utils.formatdate(self.clock(), localtime=True)
-        header = f"X-Greylist: delayed {round(delay)} seconds by greygeo; {date}\r\n"
-        return header.encode()
 
     async def handle_RSET(
         self, server: ProxyServer, session: Session, envelope: Transaction
