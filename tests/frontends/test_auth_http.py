@@ -31,8 +31,17 @@ def start(tmp_path, geoip_db, backend_address):
     return daemon
 
 
-def ask(port: int, client: str, helo: str, recipient: str = "bar@example.com"):
-    """One request as nginx makes it; the response headers."""
+def ask(
+    port: int,
+    client: str,
+    helo: str,
+    recipient: str = "bar@example.com",
+    *,
+    mail_from: str = "MAIL FROM:<foo@example.com> SIZE=1",
+    rcpt_to: str | None = None,
+):
+    """One request as nginx makes it (or with other envelope headers); the
+    response headers."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     connection.request(
         "GET",
@@ -46,8 +55,8 @@ def ask(port: int, client: str, helo: str, recipient: str = "bar@example.com"):
             "Client-IP": client,
             "Client-Host": "[UNAVAILABLE]",
             "Auth-SMTP-Helo": helo,
-            "Auth-SMTP-From": "MAIL FROM:<foo@example.com> SIZE=1",
-            "Auth-SMTP-To": f"RCPT TO:<{recipient}>",
+            "Auth-SMTP-From": mail_from,
+            "Auth-SMTP-To": rcpt_to or f"RCPT TO:<{recipient}>",
         },
     )
     response = connection.getresponse()
@@ -196,27 +205,12 @@ def test_odd_header_values_get_an_answer_not_a_500(tmp_path, geoip_db):
             head = sock.recv(4096)
         assert head.startswith(b"HTTP/1.0 200") and b"Auth-Status: OK" in head
 
-        connection = http.client.HTTPConnection("127.0.0.1", d.auth_port, timeout=10)
-        connection.request(
-            "GET",
-            "/",
-            headers={
-                "Client-IP": US_CLIENT,
-                "Auth-SMTP-Helo": "example.com",
-                "Auth-SMTP-From": "a@b.test",
-                "Auth-SMTP-To": "bare@limited.test",
-            },
+        bare = {"mail_from": "a@b.test"}
+        first = ask(
+            d.auth_port, US_CLIENT, "example.com", rcpt_to="bare@limited.test", **bare
         )
-        assert connection.getresponse().getheader("Auth-Status") == "OK"
-        connection = http.client.HTTPConnection("127.0.0.1", d.auth_port, timeout=10)
-        connection.request(
-            "GET",
-            "/",
-            headers={
-                "Client-IP": US_CLIENT,
-                "Auth-SMTP-Helo": "example.com",
-                "Auth-SMTP-From": "a@b.test",
-                "Auth-SMTP-To": "other@limited.test",
-            },
+        second = ask(
+            d.auth_port, US_CLIENT, "example.com", rcpt_to="other@limited.test", **bare
         )
-        assert connection.getresponse().getheader("Auth-Error-Code") == "421 4.7.0"
+        assert first["Auth-Status"] == "OK"
+        assert second["Auth-Error-Code"] == "421 4.7.0"
