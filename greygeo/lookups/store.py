@@ -366,10 +366,11 @@ class Store:
             " (SELECT count(*) FROM triplets WHERE passed_at IS NOT NULL),"
             " (SELECT count(*) FROM clients WHERE passes >= ?),"
             " (SELECT min(first_seen) FROM triplets),"
-            " (SELECT count(*) FROM limits)",
+            " (SELECT count(*) FROM limits),"
+            " (SELECT value FROM store_info WHERE key = 'created_at')",
             (max(1, settings.auto_allow_after),),
         )
-        waiting, passed, allowed, oldest, limit_keys = rows[0]
+        waiting, passed, allowed, oldest, limit_keys, created = rows[0]
         size = sum(
             path.stat().st_size
             for path in (self.path, Path(f"{self.path}-wal"))
@@ -381,5 +382,6 @@ class Store:
             "clients_auto_allowed": allowed if settings.auto_allow_after else 0,
             "limit_keys": limit_keys,
             "oldest_entry": oldest,
+            "store_created": created,
             "database_bytes": size,
         }

@@ -228,6 +228,7 @@ def test_stats_text_lists_every_figure(config, capsys):
     assert lines["triplets_waiting"] == "1"
     assert lines["clients_auto_allowed"] == "0"
     assert lines["oldest_entry"].startswith("2027-01-15T08:00:00")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lines["store_created"])
 
 
 def test_check_shows_the_triplet_state_and_changes_nothing(config, capsys):
